@@ -1,0 +1,103 @@
+"""Agent registration: ``@agent("writer")`` on a handler in the user's own module.
+
+The registry is per process. A worker imports the agent modules it serves, so its
+registry knows their handlers and retry options; a client needs none of this (it
+learns the agent names from the store, where workers register them).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from messaging.envelope import validate_agent_name
+from messaging.errors import ConfigurationError, InvalidEnvelope
+
+if TYPE_CHECKING:
+    from messaging.context import Context
+    from messaging.envelope import JSON, Envelope
+
+__all__ = ["AgentSpec", "Handler", "agent", "get_agent", "registered_agents"]
+
+Handler = Callable[["Envelope", "Context"], Any]
+H = TypeVar("H", bound=Handler)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSpec:
+    """A registered handler agent and its delivery options (``None``: the settings' default)."""
+
+    name: str
+    handler: Handler
+    max_retries: int | None = None
+    backoff_s: float | None = None
+    backoff_max_s: float | None = None
+    jitter: bool | None = None
+
+
+_registry: dict[str, AgentSpec] = {}
+
+
+def agent(
+    name: str,
+    *,
+    max_retries: int | None = None,
+    backoff_s: float | None = None,
+    backoff_max_s: float | None = None,
+    jitter: bool | None = None,
+) -> Callable[[H], H]:
+    """Register ``handler(msg, ctx) -> JSON | None`` as the agent ``name``.
+
+    Args:
+        name: the agent's name; its inbox is the queue ``agent.<name>``.
+        max_retries: retries after the first attempt before the message is dead.
+        backoff_s: first retry delay; doubles each retry (exponential backoff).
+        backoff_max_s: ceiling of the retry delay.
+        jitter: randomise each delay between half and all of it.
+
+    Raises:
+        ConfigurationError: a bad name or option, or the name taken by another handler.
+    """
+    try:
+        validate_agent_name(name)
+    except InvalidEnvelope as exc:
+        raise ConfigurationError(str(exc)) from None
+    if max_retries is not None and max_retries < 0:
+        raise ConfigurationError(f"agent {name!r}: max_retries must be >= 0, got {max_retries}")
+    for option, value in (("backoff_s", backoff_s), ("backoff_max_s", backoff_max_s)):
+        if value is not None and value < 0:
+            raise ConfigurationError(f"agent {name!r}: {option} must be >= 0, got {value}")
+
+    def register(handler: H) -> H:
+        if not callable(handler):
+            raise ConfigurationError(f"agent {name!r}: the handler must be callable")
+        params = inspect.signature(handler).parameters
+        if len(params) != 2:
+            raise ConfigurationError(
+                f"agent {name!r}: the handler must take (msg, ctx), it takes {list(params)}"
+            )
+        existing = _registry.get(name)
+        if existing is not None and _qualname(existing.handler) != _qualname(handler):
+            raise ConfigurationError(
+                f"agent {name!r} is already registered by {_qualname(existing.handler)}"
+            )
+        _registry[name] = AgentSpec(name, handler, max_retries, backoff_s, backoff_max_s, jitter)
+        return handler
+
+    return register
+
+
+def get_agent(name: str) -> AgentSpec | None:
+    """The spec of a handler agent registered in this process."""
+    return _registry.get(name)
+
+
+def registered_agents() -> dict[str, AgentSpec]:
+    """Every handler agent registered in this process, by name."""
+    return dict(_registry)
+
+
+def _qualname(func: Callable[..., JSON] | Handler) -> str:
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"

@@ -1,0 +1,106 @@
+"""The ``agentpost`` command line (Typer)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from messaging.agents import registered_agents
+from messaging.errors import AgentpostError
+from messaging.settings import Settings
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="agentpost: reliable agent-to-agent messaging on Celery.",
+                  no_args_is_help=True)
+
+
+def _load_modules(modules: list[str]) -> None:
+    # Like `celery -A`, import user modules relative to the current directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise typer.BadParameter(f"cannot import agent module {module!r}: {exc}") from exc
+
+
+@app.command()
+def worker(
+    modules: Annotated[list[str], typer.Argument(help="Python modules that define agents.")],
+    agents: Annotated[str, typer.Option(help="Comma-separated agents to serve (default: all).")]
+    = "",
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 2,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
+    beat: Annotated[bool, typer.Option("--beat", help="Embed the sweeper schedule.")] = False,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
+    hostname: Annotated[str, typer.Option(help="Celery node name.")] = "",
+) -> None:
+    """Start a Celery worker serving the inboxes (agent.<name>) of these agents."""
+    from worker.app import create_app  # noqa: PLC0415
+    from worker.routing import inbox_name, sweeper_queue  # noqa: PLC0415
+
+    env = Settings()
+    settings = Settings(**{**env.model_dump(), "agent_modules": [*env.agent_modules, *modules]})
+    _load_modules(settings.agent_modules)
+    known = registered_agents()
+    wanted = [a.strip() for a in agents.split(",") if a.strip()] or sorted(known)
+    unknown = [a for a in wanted if a not in known]
+    if unknown or not wanted:
+        raise typer.BadParameter(
+            f"unknown agent(s) {', '.join(unknown) or '(none found)'} "
+            f"(registered in {', '.join(modules)}: {', '.join(sorted(known)) or 'none'})"
+        )
+    celery_app = create_app(settings)
+    queues = [inbox_name(a, settings) for a in wanted] + [sweeper_queue(settings).name]
+    argv = [
+        "worker", "-Q", ",".join(queues), "-c", str(concurrency), "-P", pool, "-l", loglevel,
+        "--without-mingle", "--without-gossip",
+        "-n", hostname or f"agentpost.{os.getpid()}@%h",
+    ]
+    if beat:
+        argv += ["-B", "-s", str(settings.home / "beat-schedule")]
+    celery_app.worker_main(argv)
+
+
+@app.command()
+def beat(loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO") -> None:
+    """Run the sweeper schedule (Celery beat); run exactly one per deployment."""
+    from worker.app import create_app  # noqa: PLC0415
+
+    settings = Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    create_app(settings).start(
+        ["beat", "-s", str(settings.home / "beat-schedule"), "-l", loglevel]
+    )
+
+
+@app.command()
+def demo(
+    home: Annotated[Path, typer.Option(help="Where the embedded broker and store live.")] = Path(
+        ".agentpost/demo"
+    ),
+) -> None:
+    """Run the demo on the embedded default: a worker, a correlated chain, a dead letter."""
+    from messaging.demo import run_demo  # noqa: PLC0415
+
+    raise typer.Exit(run_demo(home))
+
+
+def main() -> None:
+    """Console entry point: agentpost errors print as one line, not a traceback."""
+    try:
+        app()
+    except AgentpostError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""What a handler gets besides its message: attempt facts and ``ctx.send``."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+from uuid import NAMESPACE_URL, uuid5
+
+from messaging.envelope import Envelope, Priority
+
+if TYPE_CHECKING:
+    from messaging.client import Client, SendResult
+
+__all__ = ["Context", "child_key"]
+
+
+def child_key(parent_key: str, index: int, explicit: str | None = None) -> str:
+    """The idempotency key of a handler's child message.
+
+    Derived from the parent's key and the child's position (or the key the handler
+    gave), so a handler that runs again sends the same keys and the store drops
+    the repeats.
+    """
+    suffix = f"key:{explicit}" if explicit is not None else f"n:{index}"
+    return str(uuid5(NAMESPACE_URL, f"agentpost:{parent_key}/{suffix}"))
+
+
+class Context:
+    """The delivery context of one attempt."""
+
+    def __init__(self, message: Envelope, *, client: Client, worker: str) -> None:
+        self.message = message
+        self.attempt = message.attempt
+        self.worker = worker
+        self.logger = logging.getLogger(f"agentpost.agent.{message.receiver}")
+        self._client = client
+        self._children = 0
+
+    @property
+    def agent(self) -> str:
+        """The name of the agent handling the message."""
+        return self.message.receiver
+
+    def send(
+        self,
+        receiver: str,
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        priority: Priority | None = None,
+        ttl_s: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> SendResult:
+        """Send a child message: same correlation id, ``parent_id`` set, key derived."""
+        self._children += 1
+        parent = self.message
+        envelope = Envelope.build(
+            receiver,
+            payload,
+            sender=parent.receiver,
+            correlation_id=parent.correlation_id,
+            parent_id=parent.id,
+            idempotency_key=child_key(parent.idempotency_key, self._children, idempotency_key),
+            priority=priority if priority is not None else parent.priority,
+            ttl_s=ttl_s,
+            metadata=metadata,
+        )
+        return self._client.send(envelope)

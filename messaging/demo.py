@@ -1,0 +1,91 @@
+"""``agentpost demo``: the whole path on the embedded default, in one command.
+
+It starts a worker process with the example agents, sends a correlated chain
+(researcher → writer → reviewer, plus a flaky agent that succeeds on its third
+attempt) and a poison message that ends dead-lettered, prints what the store
+recorded, stops the worker and exits 0 when everything ended as expected.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from messaging.client import Client
+from messaging.render import chain_tree, dead_letter_panel
+from messaging.settings import Settings
+
+__all__ = ["run_demo"]
+
+EXAMPLE_AGENTS = {"researcher", "writer", "reviewer", "flaky"}
+FINAL = {"delivered", "dead"}
+
+
+def run_demo(home: Path, *, timeout_s: float = 120.0) -> int:
+    """Run the demo under ``home`` (wiped first); return the exit code."""
+    console = Console()
+    shutil.rmtree(home, ignore_errors=True)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AGENTPOST_")},
+        "AGENTPOST_HOME": str(home.resolve()),
+        "AGENTPOST_SWEEP_INTERVAL_S": "2",
+        "AGENTPOST_LEASE_S": "30",
+    }
+    settings = Settings(home=home)
+    console.rule("agentpost demo — embedded default (filesystem broker + SQLite)")
+    console.print(f"store and broker under {settings.home}")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "messaging.cli", "worker", "messaging.examples",
+         "--beat", "--concurrency", "2", "--loglevel", "WARNING"],
+        env=env,
+    )
+    try:
+        client = Client(settings)
+        _wait(lambda: EXAMPLE_AGENTS <= set(client.agents()), timeout_s, "worker start")
+        console.print(f"worker pid {worker.pid} serves: {', '.join(sorted(client.agents()))}")
+
+        chain = client.send("researcher", {"topic": "celery retries"}, sender="demo")
+        poison = client.send("reviewer", {"poison": "an unreadable draft"}, sender="demo",
+                             correlation_id="demo-poison")
+        console.print(f"sent chain {chain.message_id[:8]} and poison {poison.message_id[:8]}")
+
+        def settled() -> bool:
+            states = client.trace(chain.message_id)
+            return (len(states) == 4 and all(s.status in FINAL for s in states)
+                    and client.status(poison.message_id).status in FINAL)
+
+        _wait(settled, timeout_s, "the chain and the poison message to settle")
+        states = client.trace(chain.message_id)
+        console.print(chain_tree(states))
+        dead = client.status(poison.message_id)
+        console.print(dead_letter_panel(dead))
+
+        flaky = next(s for s in states if s.receiver == "flaky")
+        ok = (all(s.status == "delivered" for s in states) and flaky.attempts == 3
+              and dead.status == "dead" and dead.dead_reason == "exhausted")
+        console.print("[green]demo ok[/]" if ok else "[red]demo: unexpected outcome[/]")
+        return 0 if ok else 1
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        console.print(f"worker stopped (exit {worker.returncode})")
+
+
+def _wait(condition: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"demo: timed out after {timeout_s:.0f} s waiting for {what}")

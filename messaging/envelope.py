@@ -1,0 +1,207 @@
+"""The envelope: one message, a frozen pydantic model, and its wire format.
+
+``schema_version`` is the envelope protocol's ``major.minor``. A reader accepts any
+minor of a major it knows (new optional fields are ignored) and refuses an unknown
+major instead of guessing: workers dead-letter such a message as ``invalid``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal, TypeAlias
+from uuid import UUID, uuid4
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from messaging.errors import InvalidEnvelope, PayloadTooLarge
+
+__all__ = [
+    "JSON",
+    "PRIORITIES",
+    "SCHEMA_VERSION",
+    "Envelope",
+    "Priority",
+    "dump_json",
+    "parse_envelope",
+    "validate_agent_name",
+]
+
+JSON: TypeAlias = JsonValue
+SCHEMA_VERSION = "1.0"
+KNOWN_MAJORS = frozenset({1})
+PRIORITIES: dict[str, int] = {"low": 2, "normal": 5, "high": 7, "urgent": 9}
+Priority: TypeAlias = Literal["low", "normal", "high", "urgent"] | int
+
+_AGENT_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
+
+
+def validate_agent_name(name: str) -> str:
+    """Return ``name`` if it is a valid agent name, else raise ``InvalidEnvelope``."""
+    if not isinstance(name, str) or not _AGENT_NAME.match(name):
+        raise InvalidEnvelope(
+            f"agent name {name!r} is invalid: use 1-64 lower-case letters, digits, "
+            "'_', '.' or '-'"
+        )
+    return name
+
+
+def _agent_name(value: str) -> str:
+    try:
+        return validate_agent_name(value)
+    except InvalidEnvelope as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _priority(value: object) -> int:
+    if isinstance(value, str) and value in PRIORITIES:
+        return PRIORITIES[value]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 9:
+        return value
+    raise ValueError(
+        f"priority {value!r} is invalid: use low, normal, high, urgent or 0-9 (9 most urgent)"
+    )
+
+
+def dump_json(value: Any) -> str:
+    """Strict, compact JSON (no NaN), or ``TypeError``/``ValueError`` naming the problem."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
+def _json_payload(value: Any) -> Any:
+    try:
+        dump_json(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"payload is not JSON-serialisable: {exc}") from None
+    return value
+
+
+AgentName = Annotated[str, AfterValidator(_agent_name)]
+
+
+class Envelope(BaseModel):
+    """One message from ``sender`` to ``receiver``.
+
+    ``correlation_id`` and ``idempotency_key`` default to ``id``; ``attempt`` is set
+    by the worker (1 on the first delivery). ``priority`` takes ``low``, ``normal``,
+    ``high``, ``urgent`` or 0-9 (9 most urgent) and is stored as the number.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: UUID = Field(default_factory=uuid4)
+    sender: AgentName
+    receiver: AgentName
+    payload: Annotated[Any, AfterValidator(_json_payload)] = None
+    correlation_id: str = Field(default="", max_length=255)
+    parent_id: UUID | None = None
+    idempotency_key: str = Field(default="", max_length=255)
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    attempt: int = Field(default=0, ge=0)
+    priority: Annotated[int, BeforeValidator(_priority)] = PRIORITIES["normal"]
+    expires_at: datetime | None = None
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    schema_version: str = SCHEMA_VERSION
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_major(cls, value: str) -> str:
+        match = re.fullmatch(r"(\d+)\.(\d+)", value)
+        if match is None:
+            raise ValueError(f"schema_version {value!r} is not 'major.minor'")
+        if int(match.group(1)) not in KNOWN_MAJORS:
+            raise ValueError(
+                f"schema_version {value!r} has an unknown major version "
+                f"(this agentpost reads {SCHEMA_VERSION})"
+            )
+        return value
+
+    @field_validator("created_at", "expires_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_from_id(self) -> Envelope:
+        # Frozen model: fill the id-derived defaults through object.__setattr__.
+        if not self.correlation_id:
+            object.__setattr__(self, "correlation_id", str(self.id))
+        if not self.idempotency_key:
+            object.__setattr__(self, "idempotency_key", str(self.id))
+        return self
+
+    @classmethod
+    def build(
+        cls,
+        receiver: str,
+        payload: Any = None,
+        *,
+        sender: str,
+        correlation_id: str | None = None,
+        parent_id: UUID | str | None = None,
+        idempotency_key: str | None = None,
+        priority: Priority = "normal",
+        ttl_s: float | None = None,
+        expires_at: datetime | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Envelope:
+        """Build and validate an envelope, raising ``InvalidEnvelope`` with every problem."""
+        if ttl_s is not None:
+            if ttl_s <= 0:
+                raise InvalidEnvelope(f"ttl_s must be positive, got {ttl_s!r}")
+            expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s)
+        fields: dict[str, Any] = {
+            "sender": sender,
+            "receiver": receiver,
+            "payload": payload,
+            "correlation_id": correlation_id or "",
+            "parent_id": parent_id,
+            "idempotency_key": idempotency_key or "",
+            "priority": priority,
+            "expires_at": expires_at,
+            "metadata": metadata or {},
+        }
+        return parse_envelope(fields)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON-ready form that travels in the task and is stored."""
+        return self.model_dump(mode="json")
+
+    def payload_bytes(self) -> int:
+        """Size of the serialised payload, the figure AGENTPOST_MAX_PAYLOAD_BYTES limits."""
+        return len(dump_json(self.payload).encode())
+
+    def check_size(self, max_bytes: int) -> None:
+        """Raise ``PayloadTooLarge`` if the payload is over ``max_bytes``."""
+        size = self.payload_bytes()
+        if size > max_bytes:
+            raise PayloadTooLarge(
+                f"payload is {size} bytes, over AGENTPOST_MAX_PAYLOAD_BYTES={max_bytes}: "
+                "send a reference to the data instead"
+            )
+
+
+def parse_envelope(data: Any) -> Envelope:
+    """Validate a mapping (or a wire dict) into an ``Envelope`` or raise ``InvalidEnvelope``."""
+    try:
+        return Envelope.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'envelope'}: "
+            f"{err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        )
+        raise InvalidEnvelope(f"invalid envelope: {problems}") from None

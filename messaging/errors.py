@@ -1,0 +1,79 @@
+"""The one error tree of agentpost.
+
+::
+
+    AgentpostError
+    ├── ConfigurationError (ValueError)      bad settings or agent options, found at declaration
+    ├── InvalidEnvelope (ValueError)         a message refused before anything is stored
+    │   └── PayloadTooLarge                  over AGENTPOST_MAX_PAYLOAD_BYTES
+    ├── UnknownAgent (LookupError)           a receiver that no agent has registered
+    ├── MessageNotFound (LookupError)        no such message (or not in a state for that call)
+    ├── StoreUnavailable (ConnectionError)   the database did not answer
+    ├── BrokerUnavailable (ConnectionError)  the broker did not answer
+    └── DeliveryError                        raised on the worker side
+        ├── PermanentError                   raise it in a handler to dead-letter at once
+        └── DeadLettered                     the final failure of a delivery task
+
+Redis, kombu, SQLAlchemy and Celery errors are translated into these at the
+boundary (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentpostError",
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "DeadLettered",
+    "DeliveryError",
+    "InvalidEnvelope",
+    "MessageNotFound",
+    "PayloadTooLarge",
+    "PermanentError",
+    "StoreUnavailable",
+    "UnknownAgent",
+]
+
+
+class AgentpostError(Exception):
+    """The root of every error agentpost raises."""
+
+
+class ConfigurationError(AgentpostError, ValueError):
+    """Settings or agent options that cannot work."""
+
+
+class InvalidEnvelope(AgentpostError, ValueError):
+    """A message that is refused: nothing is stored or enqueued for it."""
+
+
+class PayloadTooLarge(InvalidEnvelope):
+    """The serialised payload is over the configured maximum."""
+
+
+class UnknownAgent(AgentpostError, LookupError):
+    """A receiver that no agent has registered."""
+
+
+class MessageNotFound(AgentpostError, LookupError):
+    """No message with that id (or not in a state the call needs)."""
+
+
+class StoreUnavailable(AgentpostError, ConnectionError):
+    """The database could not be reached or refused the statement."""
+
+
+class BrokerUnavailable(AgentpostError, ConnectionError):
+    """The broker could not be reached."""
+
+
+class DeliveryError(AgentpostError):
+    """Errors of the delivery side."""
+
+
+class PermanentError(DeliveryError):
+    """Raised by a handler: the message can never succeed, dead-letter it without retries."""
+
+
+class DeadLettered(DeliveryError):
+    """The final failure of a delivery: the message is dead (its reason and last error)."""

@@ -1,0 +1,104 @@
+"""What the client returns: send results and the recorded state of messages."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+import storage
+
+__all__ = ["AttemptInfo", "MessageState", "SendResult", "Status"]
+
+Status = Literal["queued", "running", "retrying", "delivered", "dead", "sent"]
+
+
+class SendResult(BaseModel):
+    """The outcome of ``send``: the message id that holds the key, and if it was a repeat."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message_id: str
+    duplicate: bool
+    status: Status
+
+
+class AttemptInfo(BaseModel):
+    """One recorded attempt of a delivery."""
+
+    model_config = ConfigDict(frozen=True)
+
+    number: int
+    redrive: int
+    worker: str | None
+    started_at: datetime | None
+    ended_at: datetime
+    outcome: Literal["delivered", "retry", "dead", "lost"]
+    error: str | None
+    traceback: str | None
+
+    @classmethod
+    def from_row(cls, row: storage.Attempt) -> AttemptInfo:
+        return cls(
+            number=row.number,
+            redrive=row.redrive,
+            worker=row.worker,
+            started_at=_dt(row.started_at),
+            ended_at=_dt(row.ended_at) or datetime.now(UTC),
+            outcome=row.outcome,  # type: ignore[arg-type]
+            error=row.error,
+            traceback=row.traceback,
+        )
+
+
+class MessageState(BaseModel):
+    """A stored message: where it is, what it returned or why it died, every attempt."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message_id: str
+    sender: str
+    receiver: str
+    correlation_id: str
+    parent_id: str | None
+    idempotency_key: str
+    priority: int
+    status: Status
+    dead_reason: str | None
+    error: str | None
+    reply: Any
+    attempts: int
+    redrives: int
+    created_at: datetime
+    finished_at: datetime | None
+    payload: Any
+    attempt_log: tuple[AttemptInfo, ...]
+
+    @classmethod
+    def from_row(cls, row: storage.Message, attempts: list[storage.Attempt]) -> MessageState:
+        envelope = json.loads(row.envelope)
+        return cls(
+            message_id=row.id,
+            sender=row.sender,
+            receiver=row.receiver,
+            correlation_id=row.correlation_id,
+            parent_id=row.parent_id,
+            idempotency_key=row.idempotency_key,
+            priority=row.priority,
+            status=row.status,  # type: ignore[arg-type]
+            dead_reason=row.dead_reason,
+            error=row.error,
+            reply=json.loads(row.reply) if row.reply is not None else None,
+            attempts=row.attempts,
+            redrives=row.redrives,
+            created_at=_dt(row.created_at) or datetime.now(UTC),
+            finished_at=_dt(row.finished_at),
+            payload=envelope.get("payload"),
+            attempt_log=tuple(AttemptInfo.from_row(a) for a in attempts),
+        )
+
+
+def _dt(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)

@@ -1,0 +1,141 @@
+"""Typed settings, read from ``AGENTPOST_*`` environment variables.
+
+With nothing set, everything lives under ``./.agentpost/``: a ``filesystem://``
+broker and a SQLite store, so one laptop runs the whole system with no servers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from messaging.errors import ConfigurationError
+
+__all__ = ["Settings"]
+
+_BROKER_SCHEMES = {"filesystem", "redis", "rediss", "amqp", "pyamqp", "amqps"}
+_DATABASE_BACKENDS = {"sqlite", "postgresql"}
+_NAMESPACE = re.compile(r"^[a-z0-9_.-]{0,32}$")
+
+
+class Settings(BaseSettings):
+    """Every knob of agentpost; pass one explicitly, nothing reads globals deep inside."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTPOST_", frozen=True, extra="ignore")
+
+    home: Path = Path(".agentpost")
+    broker_url: str = Field(default="", description="empty: filesystem:// under home")
+    database_url: str = Field(default="", description="empty: sqlite under home")
+    result_backend: str = Field(default="", description="empty: derived (failures only)")
+    namespace: str = Field(default="", description="prefix of every queue and exchange")
+    max_payload_bytes: int = Field(default=1024 * 1024, gt=0)
+    lease_s: float = Field(default=300.0, gt=0)
+    sweep_interval_s: float = Field(default=30.0, gt=0)
+    redeliver_after_s: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    backoff_s: float = Field(default=1.0, ge=0)
+    backoff_max_s: float = Field(default=600.0, ge=0)
+    backoff_jitter: bool = True
+    visibility_timeout_s: float = Field(default=3600.0, gt=0)
+    filesystem_polling_s: float = Field(default=0.1, gt=0)
+    agent_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    alert_hook: str = Field(default="", description="'module:callable' called on dead letters")
+
+    @field_validator("agent_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if not _NAMESPACE.match(value):
+            raise ConfigurationError(
+                f"AGENTPOST_NAMESPACE {value!r} is invalid: use at most 32 lower-case "
+                "letters, digits, '_', '.' or '-'"
+            )
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        if value:
+            scheme = value.split("://", 1)[0] if "://" in value else ""
+            if scheme not in _BROKER_SCHEMES:
+                raise ConfigurationError(
+                    f"AGENTPOST_BROKER_URL {_redact(value)!r} is not supported: use "
+                    "redis://, amqp:// or filesystem://"
+                )
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ConfigurationError(
+                f"AGENTPOST_DATABASE_URL {_redact(value)!r} is not a database URL"
+            ) from exc
+        if url.get_backend_name() not in _DATABASE_BACKENDS:
+            raise ConfigurationError(
+                f"AGENTPOST_DATABASE_URL {_redact(value)!r} is not supported: use "
+                "sqlite:///path or postgresql+psycopg://"
+            )
+        if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
+            # Default to psycopg 3, the driver agentpost installs.
+            value = url.set(drivername="postgresql+psycopg").render_as_string(
+                hide_password=False
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> Settings:
+        if self.backoff_max_s >= self.visibility_timeout_s:
+            raise ConfigurationError(
+                f"AGENTPOST_BACKOFF_MAX_S ({self.backoff_max_s}) must stay below "
+                f"AGENTPOST_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}): Redis "
+                "redelivers a retry that waits longer than the visibility timeout"
+            )
+        return self
+
+    @property
+    def broker(self) -> str:
+        """The broker URL in force."""
+        return self.broker_url or "filesystem://"
+
+    @property
+    def database(self) -> str:
+        """The database URL in force."""
+        return self.database_url or f"sqlite:///{self.home / 'store.db'}"
+
+    @property
+    def results(self) -> str:
+        """Celery's result backend (it only keeps failures, for Flower and inspection)."""
+        if self.result_backend:
+            return self.result_backend
+        if self.broker.startswith(("redis://", "rediss://")):
+            return self.broker
+        if self.database_url:
+            return f"db+{self.database}"
+        return f"db+sqlite:///{self.home / 'results.db'}"
+
+
+def _redact(url: str) -> str:
+    """A URL with its password hidden: settings errors must not log secrets."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)

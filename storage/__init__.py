@@ -1,0 +1,60 @@
+"""The store: SQLModel tables and the repository functions that read and change them.
+
+It imports nothing of ``messaging`` or ``worker``: callers pass engines and values.
+"""
+
+from __future__ import annotations
+
+from storage.engine import dispose_engines, engine_for
+from storage.repository import (
+    ACTIVE_STATUSES,
+    Claim,
+    Inserted,
+    NewMessage,
+    Republish,
+    attempts_of,
+    claim,
+    complete,
+    dead_letters,
+    get_message,
+    insert_messages,
+    list_agents,
+    mark_dead,
+    overdue,
+    recover_expired,
+    redrive,
+    register_agents,
+    schedule_retry,
+    trace,
+)
+from storage.schema import create_schema, drop_schema
+from storage.tables import Agent, Attempt, Message
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "Agent",
+    "Attempt",
+    "Claim",
+    "Inserted",
+    "Message",
+    "NewMessage",
+    "Republish",
+    "attempts_of",
+    "claim",
+    "complete",
+    "create_schema",
+    "dead_letters",
+    "dispose_engines",
+    "drop_schema",
+    "engine_for",
+    "get_message",
+    "insert_messages",
+    "list_agents",
+    "mark_dead",
+    "overdue",
+    "recover_expired",
+    "redrive",
+    "register_agents",
+    "schedule_retry",
+    "trace",
+]

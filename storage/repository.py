@@ -1,0 +1,480 @@
+"""The functions that read and change the store.
+
+Every state change on the delivery path is one conditional statement, so the
+database decides races: the idempotent insert relies on the unique key, the claim is
+an ``UPDATE ... WHERE status IN (...)`` (never read-then-write), and completions are
+fenced on the attempt number so a worker whose lease was taken over cannot overwrite
+the newer attempt's outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, case, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from storage.tables import Agent, Attempt, Message, table_of
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "Claim",
+    "Inserted",
+    "NewMessage",
+    "Republish",
+    "attempts_of",
+    "claim",
+    "complete",
+    "dead_letters",
+    "get_message",
+    "insert_messages",
+    "list_agents",
+    "mark_dead",
+    "overdue",
+    "recover_expired",
+    "redrive",
+    "register_agents",
+    "schedule_retry",
+    "trace",
+]
+
+MESSAGES = table_of(Message)
+ATTEMPTS = table_of(Attempt)
+AGENTS = table_of(Agent)
+
+ACTIVE_STATUSES = ("queued", "running", "retrying")
+_CLAIMABLE = ("queued", "retrying")
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """The columns the client fills in when it accepts a message."""
+
+    id: str
+    idempotency_key: str
+    correlation_id: str
+    parent_id: str | None
+    sender: str
+    receiver: str
+    priority: int
+    envelope: str
+    created_at: float
+    expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Inserted:
+    """Outcome of an idempotent insert: the id that holds the key, and whether it was new."""
+
+    message_id: str
+    duplicate: bool
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A successful claim: the attempt number this worker now owns."""
+
+    attempt: int
+    redrive: int
+    recovered_from: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Republish:
+    """A row whose task must be published (again)."""
+
+    message_id: str
+    receiver: str
+    priority: int
+    envelope: str
+
+
+def _insert(conn: Connection) -> Any:
+    """The dialect's INSERT that supports ``ON CONFLICT DO NOTHING``."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert
+    raise NotImplementedError(f"unsupported database dialect {conn.dialect.name!r}")
+
+
+def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted]:
+    """Insert messages in one transaction; an existing idempotency key wins.
+
+    The unique constraint decides: ``ON CONFLICT DO NOTHING RETURNING id`` tells
+    whether this call created the row (``rowcount`` is unreliable for it on
+    psycopg 3), and only a duplicate pays for the lookup of the first message.
+    """
+    results: list[Inserted] = []
+    with engine.begin() as conn:
+        insert = _insert(conn)
+        for row in rows:
+            values = {
+                "id": row.id,
+                "idempotency_key": row.idempotency_key,
+                "correlation_id": row.correlation_id,
+                "parent_id": row.parent_id,
+                "sender": row.sender,
+                "receiver": row.receiver,
+                "priority": row.priority,
+                "status": "queued",
+                "envelope": row.envelope,
+                "attempts": 0,
+                "redrives": 0,
+                "created_at": row.created_at,
+                "updated_at": row.created_at,
+                "due_at": row.created_at,
+                "expires_at": row.expires_at,
+            }
+            stmt = (
+                insert(MESSAGES)
+                .values(values)
+                .on_conflict_do_nothing(index_elements=["idempotency_key"])
+                .returning(MESSAGES.c.id)
+            )
+            new_id = conn.execute(stmt).scalar()
+            if new_id is not None:
+                results.append(Inserted(new_id, False, "queued"))
+                continue
+            first = conn.execute(
+                select(MESSAGES.c.id, MESSAGES.c.status).where(
+                    MESSAGES.c.idempotency_key == row.idempotency_key
+                )
+            ).one()
+            results.append(Inserted(first.id, True, first.status))
+    return results
+
+
+def claim(
+    engine: Engine, message_id: str, *, worker: str, now: float, lease_s: float
+) -> Claim | None:
+    """Take the message for one attempt, or ``None`` if it is not claimable.
+
+    Claimable: queued, retrying, or running under an expired lease (its worker
+    died). SET expressions see the row's old values, which is how
+    ``recovered_from`` learns, in the same statement, whose lease was taken over.
+    """
+    stmt = (
+        update(MESSAGES)
+        .where(
+            MESSAGES.c.id == message_id,
+            or_(
+                MESSAGES.c.status.in_(_CLAIMABLE),
+                and_(MESSAGES.c.status == "running", MESSAGES.c.lease_until < now),
+            ),
+        )
+        .values(
+            status="running",
+            attempts=MESSAGES.c.attempts + 1,
+            lease_until=now + lease_s,
+            claimed_by=worker,
+            recovered_from=case(
+                (MESSAGES.c.status == "running", func.coalesce(MESSAGES.c.claimed_by, "?")),
+                else_=None,
+            ),
+            updated_at=now,
+        )
+        .returning(MESSAGES.c.attempts, MESSAGES.c.redrives, MESSAGES.c.recovered_from)
+    )
+    with engine.begin() as conn:
+        row = conn.execute(stmt).one_or_none()
+        if row is None:
+            return None
+        if row.recovered_from is not None:
+            # The previous attempt's worker died without a word: record it as lost.
+            conn.execute(
+                ATTEMPTS.insert().values(
+                    message_id=message_id,
+                    number=row.attempts - 1,
+                    redrive=row.redrives,
+                    worker=row.recovered_from,
+                    ended_at=now,
+                    outcome="lost",
+                    error="worker lost: lease expired before the attempt finished",
+                )
+            )
+    return Claim(row.attempts, row.redrives, row.recovered_from)
+
+
+def _fenced(message_id: str, attempt: int) -> Any:
+    return and_(
+        MESSAGES.c.id == message_id,
+        MESSAGES.c.status == "running",
+        MESSAGES.c.attempts == attempt,
+    )
+
+
+def _finish(
+    engine: Engine,
+    message_id: str,
+    *,
+    claim_: Claim,
+    worker: str,
+    started_at: float,
+    now: float,
+    outcome: str,
+    values: dict[str, Any],
+    error: str | None,
+    traceback: str | None,
+) -> bool:
+    """Record the attempt and move the row on, in one transaction; False if fenced off."""
+    with engine.begin() as conn:
+        changed = conn.execute(
+            update(MESSAGES)
+            .where(_fenced(message_id, claim_.attempt))
+            .values(updated_at=now, lease_until=None, **values)
+        ).rowcount
+        conn.execute(
+            ATTEMPTS.insert().values(
+                message_id=message_id,
+                number=claim_.attempt,
+                redrive=claim_.redrive,
+                worker=worker,
+                started_at=started_at,
+                ended_at=now,
+                outcome=outcome,
+                error=error,
+                traceback=traceback,
+            )
+        )
+    return bool(changed)
+
+
+def complete(
+    engine: Engine,
+    message_id: str,
+    *,
+    claim_: Claim,
+    worker: str,
+    started_at: float,
+    now: float,
+    reply: str | None,
+) -> bool:
+    """Mark the message delivered with the handler's reply."""
+    return _finish(
+        engine,
+        message_id,
+        claim_=claim_,
+        worker=worker,
+        started_at=started_at,
+        now=now,
+        outcome="delivered",
+        values={"status": "delivered", "reply": reply, "finished_at": now, "error": None},
+        error=None,
+        traceback=None,
+    )
+
+
+def schedule_retry(
+    engine: Engine,
+    message_id: str,
+    *,
+    claim_: Claim,
+    worker: str,
+    started_at: float,
+    now: float,
+    due_at: float,
+    error: str,
+    traceback: str | None,
+) -> bool:
+    """Record a failed attempt whose retry is due at ``due_at``."""
+    return _finish(
+        engine,
+        message_id,
+        claim_=claim_,
+        worker=worker,
+        started_at=started_at,
+        now=now,
+        outcome="retry",
+        values={"status": "retrying", "due_at": due_at, "error": error},
+        error=error,
+        traceback=traceback,
+    )
+
+
+def mark_dead(
+    engine: Engine,
+    message_id: str,
+    *,
+    reason: str,
+    error: str,
+    now: float,
+    claim_: Claim | None = None,
+    worker: str | None = None,
+    started_at: float | None = None,
+    traceback: str | None = None,
+) -> bool:
+    """Dead-letter the message. With a claim, the attempt is recorded and fenced."""
+    values = {"status": "dead", "dead_reason": reason, "error": error, "finished_at": now}
+    if claim_ is not None:
+        return _finish(
+            engine,
+            message_id,
+            claim_=claim_,
+            worker=worker or "?",
+            started_at=started_at if started_at is not None else now,
+            now=now,
+            outcome="dead",
+            values=values,
+            error=error,
+            traceback=traceback,
+        )
+    with engine.begin() as conn:
+        changed = conn.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id == message_id, MESSAGES.c.status.in_(ACTIVE_STATUSES))
+            .values(updated_at=now, lease_until=None, **values)
+        ).rowcount
+    return bool(changed)
+
+
+def recover_expired(engine: Engine, *, now: float, grace_s: float) -> list[Republish]:
+    """Turn running rows whose lease expired into retries, recording the lost attempt."""
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(
+                MESSAGES.c.id,
+                MESSAGES.c.attempts,
+                MESSAGES.c.redrives,
+                MESSAGES.c.claimed_by,
+                MESSAGES.c.receiver,
+                MESSAGES.c.priority,
+                MESSAGES.c.envelope,
+            ).where(MESSAGES.c.status == "running", MESSAGES.c.lease_until < now)
+        ).all()
+        recovered: list[Republish] = []
+        for row in rows:
+            changed = conn.execute(
+                update(MESSAGES)
+                .where(_fenced(row.id, row.attempts))
+                .values(status="retrying", lease_until=None, due_at=now + grace_s, updated_at=now)
+            ).rowcount
+            if not changed:
+                continue
+            conn.execute(
+                ATTEMPTS.insert().values(
+                    message_id=row.id,
+                    number=row.attempts,
+                    redrive=row.redrives,
+                    worker=row.claimed_by,
+                    ended_at=now,
+                    outcome="lost",
+                    error="worker lost: lease expired before the attempt finished",
+                )
+            )
+            recovered.append(Republish(row.id, row.receiver, row.priority, row.envelope))
+    return recovered
+
+
+def overdue(engine: Engine, *, now: float, grace_s: float, limit: int = 1000) -> list[Republish]:
+    """Queued or retrying rows whose task is overdue by ``grace_s``: its publish was lost.
+
+    Their ``due_at`` is pushed forward by ``grace_s`` so a row is republished at
+    most once per grace period while its task is on the way.
+    """
+    with engine.begin() as conn:
+        rows = conn.execute(
+            select(MESSAGES.c.id, MESSAGES.c.receiver, MESSAGES.c.priority, MESSAGES.c.envelope)
+            .where(MESSAGES.c.status.in_(_CLAIMABLE), MESSAGES.c.due_at < now - grace_s)
+            .order_by(MESSAGES.c.due_at)
+            .limit(limit)
+        ).all()
+        if rows:
+            conn.execute(
+                update(MESSAGES)
+                .where(MESSAGES.c.id.in_([r.id for r in rows]))
+                .values(due_at=now)
+            )
+    return [Republish(r.id, r.receiver, r.priority, r.envelope) for r in rows]
+
+
+def redrive(engine: Engine, message_id: str, *, now: float) -> Republish | None:
+    """Send a dead message again: back to queued, attempt count reset, key kept."""
+    with engine.begin() as conn:
+        row = conn.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id == message_id, MESSAGES.c.status == "dead")
+            .values(
+                status="queued",
+                attempts=0,
+                redrives=MESSAGES.c.redrives + 1,
+                dead_reason=None,
+                error=None,
+                finished_at=None,
+                due_at=now,
+                updated_at=now,
+            )
+            .returning(MESSAGES.c.receiver, MESSAGES.c.priority, MESSAGES.c.envelope)
+        ).one_or_none()
+    if row is None:
+        return None
+    return Republish(message_id, row.receiver, row.priority, row.envelope)
+
+
+def get_message(engine: Engine, message_id: str) -> Message | None:
+    """One message row."""
+    with engine.connect() as conn:
+        row = conn.execute(select(MESSAGES).where(MESSAGES.c.id == message_id)).one_or_none()
+    return Message.model_validate(row._mapping) if row is not None else None
+
+
+def attempts_of(engine: Engine, message_ids: Iterable[str]) -> list[Attempt]:
+    """Every attempt of these messages, oldest first."""
+    ids = list(message_ids)
+    if not ids:
+        return []
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ATTEMPTS).where(ATTEMPTS.c.message_id.in_(ids)).order_by(ATTEMPTS.c.id)
+        ).all()
+    return [Attempt.model_validate(r._mapping) for r in rows]
+
+
+def trace(engine: Engine, correlation_id: str) -> list[Message]:
+    """Every message of a correlation chain, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(MESSAGES)
+            .where(MESSAGES.c.correlation_id == correlation_id)
+            .order_by(MESSAGES.c.created_at, MESSAGES.c.id)
+        ).all()
+    return [Message.model_validate(r._mapping) for r in rows]
+
+
+def dead_letters(engine: Engine, *, receiver: str | None = None, limit: int = 100) -> list[Message]:
+    """Dead messages, newest first."""
+    stmt = select(MESSAGES).where(MESSAGES.c.status == "dead")
+    if receiver is not None:
+        stmt = stmt.where(MESSAGES.c.receiver == receiver)
+    with engine.connect() as conn:
+        rows = conn.execute(stmt.order_by(MESSAGES.c.finished_at.desc()).limit(limit)).all()
+    return [Message.model_validate(r._mapping) for r in rows]
+
+
+def register_agents(
+    engine: Engine, agents: Iterable[tuple[str, str]], *, kind: str, now: float
+) -> None:
+    """Upsert (name, queue) pairs into the registry, refreshing ``last_seen_at``."""
+    with engine.begin() as conn:
+        insert = _insert(conn)
+        for name, queue in agents:
+            stmt = insert(AGENTS).values(
+                name=name, kind=kind, queue=queue, registered_at=now, last_seen_at=now
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["name"],
+                    set_={"kind": kind, "queue": queue, "last_seen_at": now},
+                )
+            )
+
+
+def list_agents(engine: Engine) -> list[Agent]:
+    """Every registered agent, by name."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(AGENTS).order_by(AGENTS.c.name)).all()
+    return [Agent.model_validate(r._mapping) for r in rows]

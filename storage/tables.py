@@ -1,0 +1,86 @@
+"""SQLModel tables of the store: messages, their attempts, and the agent registry.
+
+Times are stored as epoch seconds (``float``): they compare the same way on SQLite
+and PostgreSQL, which keeps the claim and the sweeper queries dialect-free.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Column, Index, Text
+from sqlalchemy import Table as SATable
+from sqlmodel import Field, SQLModel
+
+__all__ = ["Agent", "Attempt", "Message", "table_of"]
+
+
+class Message(SQLModel, table=True):
+    """One accepted message and where it is on its path."""
+
+    __tablename__ = "agentpost_messages"
+    __table_args__ = (Index("ix_agentpost_messages_status_due", "status", "due_at"),)
+
+    id: str = Field(primary_key=True, max_length=36)
+    idempotency_key: str = Field(max_length=255, unique=True)
+    correlation_id: str = Field(max_length=255, index=True)
+    parent_id: str | None = Field(default=None, max_length=36, index=True)
+    sender: str = Field(max_length=64)
+    receiver: str = Field(max_length=64, index=True)
+    priority: int = 5
+    # queued | running | retrying | delivered | dead
+    status: str = Field(max_length=16, index=True)
+    dead_reason: str | None = Field(default=None, max_length=16)
+    # The envelope as the client serialised it: what the sweeper and redrive republish.
+    envelope: str = Field(sa_column=Column(Text, nullable=False))
+    reply: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    attempts: int = 0
+    redrives: int = 0
+    created_at: float
+    updated_at: float
+    # When a task for this row should next be runnable; the sweeper republishes rows
+    # that are overdue by more than its grace period.
+    due_at: float
+    expires_at: float | None = None
+    lease_until: float | None = None
+    claimed_by: str | None = Field(default=None, max_length=255)
+    # Set by the claim when it took over a running row whose lease had expired.
+    recovered_from: str | None = Field(default=None, max_length=255)
+    finished_at: float | None = None
+
+
+class Attempt(SQLModel, table=True):
+    """One try of a delivery: numbered from 1 within a redrive round."""
+
+    __tablename__ = "agentpost_attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(max_length=36, index=True)
+    number: int
+    redrive: int = 0
+    worker: str | None = Field(default=None, max_length=255)
+    started_at: float | None = None
+    ended_at: float
+    # delivered | retry | dead | lost
+    outcome: str = Field(max_length=16)
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    traceback: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class Agent(SQLModel, table=True):
+    """A named receiver known to the system (registered by the workers that serve it)."""
+
+    __tablename__ = "agentpost_agents"
+
+    name: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(default="handler", max_length=16)
+    queue: str = Field(max_length=255)
+    registered_at: float
+    last_seen_at: float
+
+
+def table_of(model: type[SQLModel]) -> SATable:
+    """The Core table behind a SQLModel class (for single-statement updates)."""
+    table: Any = model.__table__  # type: ignore[attr-defined]
+    return table  # type: ignore[no-any-return]

@@ -1,0 +1,82 @@
+"""The Celery application of agentpost and its configuration.
+
+One function builds it from ``Settings``; the client uses the same app object to
+publish (by task name) and the worker to consume.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+
+from messaging.settings import Settings
+from worker.routing import SWEEP_TASK, AgentpostAMQP, sweeper_queue
+from worker.transports import profile_for
+
+__all__ = ["AgentpostCelery", "create_app"]
+
+
+class AgentpostCelery(Celery):  # type: ignore[misc]
+    """A Celery app that carries the agentpost settings it was built from."""
+
+    settings: Settings
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        super().__init__("agentpost", amqp=AgentpostAMQP, **kwargs)
+
+
+def create_app(settings: Settings | None = None) -> AgentpostCelery:
+    """Build the Celery app for ``settings`` (default: from the environment)."""
+    settings = settings or Settings()
+    profile = profile_for(settings.broker)
+    app = AgentpostCelery(settings)
+    app.conf.update(
+        broker_url=settings.broker,
+        broker_transport_options=profile.transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        result_backend=settings.results,
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        # JSON only: a pickled body is refused by the worker, never deserialised.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # Results live in the store; the backend keeps only failures (Flower, inspection).
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        task_default_queue=f"{settings.namespace}agentpost.default",
+        task_queues=(sweeper_queue(settings),),
+        task_queue_max_priority=9 if profile.name == "amqp" else None,
+        # A handler must not outlive its lease, or a sweeper could start a second copy.
+        task_time_limit=settings.lease_s,
+        timezone="UTC",
+        enable_utc=True,
+        imports=list(settings.agent_modules),
+        beat_schedule={
+            "agentpost-sweep": {
+                "task": SWEEP_TASK,
+                "schedule": timedelta(seconds=settings.sweep_interval_s),
+                "options": {
+                    "queue": sweeper_queue(settings),
+                    "expires": settings.sweep_interval_s,
+                },
+            }
+        },
+        beat_schedule_filename=str(settings.home / "beat-schedule"),
+        beat_max_loop_interval=max(1.0, min(settings.sweep_interval_s, 30.0)),
+    )
+    from worker import deliver, signals, sweeper  # noqa: PLC0415  (they register on this app)
+
+    deliver.register(app)
+    sweeper.register(app)
+    signals.connect(app)
+    return app

@@ -1,0 +1,206 @@
+"""The ``agentpost.deliver`` task: a thin Celery wrapper around ``deliver_envelope``.
+
+``deliver_envelope`` does the work and returns an ``Outcome``; the task only turns
+it into Celery's language (return, ``self.retry``, or an exception for FAILURE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import random
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from celery import Task
+
+import storage
+from messaging.agents import AgentSpec, get_agent
+from messaging.context import Context
+from messaging.envelope import dump_json, parse_envelope
+from messaging.errors import DeadLettered, InvalidEnvelope, PermanentError
+from worker.deadletter import dead_letter
+from worker.routing import DELIVER_TASK
+
+if TYPE_CHECKING:
+    from messaging.client import Client
+    from worker.app import AgentpostCelery
+
+__all__ = ["Outcome", "backoff_delay_s", "deliver_envelope", "register"]
+
+log = logging.getLogger("agentpost.deliver")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one delivery task run came to."""
+
+    kind: Literal["delivered", "retry", "dead", "skipped"]
+    message_id: str | None = None
+    attempt: int = 0
+    countdown_s: float = 0.0
+    reason: str | None = None
+    error: str | None = None
+
+
+def backoff_delay_s(
+    attempt: int, *, base_s: float, max_s: float, jitter: bool, rng: random.Random | None = None
+) -> float:
+    """Exponential backoff after ``attempt`` failed: base, 2x base, 4x base ... capped.
+
+    With jitter the delay is drawn between half and all of it (so retries of many
+    messages that failed together spread out, but never fire at once).
+    """
+    delay = min(max_s, base_s * (2 ** max(0, attempt - 1)))
+    if jitter and delay > 0:
+        return (rng or random).uniform(delay / 2, delay)
+    return delay
+
+
+def worker_identity() -> str:
+    """``host:pid`` of this process, recorded on claims and attempts."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def deliver_envelope(app: AgentpostCelery, raw: Any, *, client: Client) -> Outcome:
+    """Claim, run the handler, and record the outcome of one delivery."""
+    settings = app.settings
+    engine = storage.engine_for(settings.database)
+    now = time.time()
+    try:
+        envelope = parse_envelope(raw)
+    except InvalidEnvelope as exc:
+        message_id = raw.get("id") if isinstance(raw, dict) else None
+        if isinstance(message_id, str):
+            storage.mark_dead(engine, message_id, reason="invalid", error=str(exc), now=now)
+        dead_letter(app, raw, reason="invalid", error=str(exc), attempts=0)
+        return Outcome("dead", _str(message_id), reason="invalid", error=str(exc))
+
+    message_id = str(envelope.id)
+    spec = get_agent(envelope.receiver)
+    if spec is None:
+        # A worker consuming an inbox whose code it does not have: leave the row alone,
+        # the sweeper republishes it until a worker that has the agent takes it.
+        log.error("no handler for agent %r in this worker; message %s left queued",
+                  envelope.receiver, message_id)
+        return Outcome("skipped", message_id, error="no handler in this worker")
+
+    if envelope.expires_at is not None and envelope.expires_at.timestamp() <= now:
+        error = f"expired at {envelope.expires_at.isoformat()} before a handler took it"
+        if storage.mark_dead(engine, message_id, reason="expired", error=error, now=now):
+            dead_letter(app, raw, reason="expired", error=error, attempts=0)
+        return Outcome("dead", message_id, reason="expired", error=error)
+
+    worker = worker_identity()
+    claim = storage.claim(engine, message_id, worker=worker, now=now, lease_s=settings.lease_s)
+    if claim is None:
+        # Delivered, dead, or running under a live lease: this task is a duplicate.
+        return Outcome("skipped", message_id)
+
+    max_retries = spec.max_retries if spec.max_retries is not None else settings.max_retries
+    if claim.attempt > max_retries + 1:
+        # Earlier attempts died with their workers and used up the retries.
+        error = f"attempts exhausted ({claim.attempt - 1}) by lost workers"
+        return _dead(app, raw, claim, worker, now, reason="exhausted", error=error, tb=None)
+
+    delivered = envelope.model_copy(update={"attempt": claim.attempt})
+    ctx = Context(delivered, client=client, worker=worker)
+    try:
+        reply = _run(spec, delivered, ctx)
+        reply_json = None if reply is None else dump_json(reply)
+    except PermanentError as exc:
+        return _dead(app, raw, claim, worker, now, reason="rejected",
+                     error=_describe(exc), tb=traceback.format_exc())
+    except Exception as exc:
+        error, tb = _describe(exc), traceback.format_exc()
+        if claim.attempt > max_retries:
+            return _dead(app, raw, claim, worker, now, reason="exhausted", error=error, tb=tb)
+        countdown = backoff_delay_s(
+            claim.attempt,
+            base_s=spec.backoff_s if spec.backoff_s is not None else settings.backoff_s,
+            max_s=spec.backoff_max_s if spec.backoff_max_s is not None else settings.backoff_max_s,
+            jitter=spec.jitter if spec.jitter is not None else settings.backoff_jitter,
+        )
+        ended = time.time()
+        storage.schedule_retry(engine, message_id, claim_=claim, worker=worker, started_at=now,
+                               now=ended, due_at=ended + countdown, error=error, traceback=tb)
+        return Outcome("retry", message_id, claim.attempt, countdown_s=countdown, error=error)
+    storage.complete(engine, message_id, claim_=claim, worker=worker, started_at=now,
+                     now=time.time(), reply=reply_json)
+    return Outcome("delivered", message_id, claim.attempt)
+
+
+def _run(spec: AgentSpec, envelope: Any, ctx: Context) -> Any:
+    result = spec.handler(envelope, ctx)
+    if inspect.isawaitable(result):
+        return asyncio.run(_await(result))
+    return result
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _dead(
+    app: AgentpostCelery,
+    raw: Any,
+    claim: storage.Claim,
+    worker: str,
+    started_at: float,
+    *,
+    reason: str,
+    error: str,
+    tb: str | None,
+) -> Outcome:
+    message_id = str(raw["id"])
+    engine = storage.engine_for(app.settings.database)
+    if storage.mark_dead(engine, message_id, reason=reason, error=error, now=time.time(),
+                         claim_=claim, worker=worker, started_at=started_at, traceback=tb):
+        dead_letter(app, raw, reason=reason, error=error, attempts=claim.attempt)
+    return Outcome("dead", message_id, claim.attempt, reason=reason, error=error)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def register(app: AgentpostCelery) -> None:
+    """Declare ``agentpost.deliver`` on ``app``."""
+
+    @app.task(name=DELIVER_TASK, bind=True, max_retries=None, acks_late=True)  # type: ignore[untyped-decorator]
+    def deliver(self: Task, envelope: Any) -> dict[str, Any]:
+        outcome = deliver_envelope(app, envelope, client=_client(app))
+        if outcome.kind == "retry":
+            raise self.retry(
+                countdown=outcome.countdown_s, max_retries=None, exc=_Retrying(outcome.error)
+            )
+        if outcome.kind == "dead":
+            raise DeadLettered(
+                f"message {outcome.message_id} dead ({outcome.reason}) after "
+                f"{outcome.attempt} attempt(s): {outcome.error}"
+            )
+        return {"status": outcome.kind, "message_id": outcome.message_id,
+                "attempt": outcome.attempt}
+
+
+class _Retrying(Exception):
+    """The handler error, as Celery shows it on a RETRY."""
+
+
+def _client(app: AgentpostCelery) -> Client:
+    client: Client | None = getattr(app, "_agentpost_client", None)
+    if client is None:
+        from messaging.client import Client  # noqa: PLC0415  (messaging imports worker)
+
+        client = Client(app.settings, app=app)
+        app._agentpost_client = client  # type: ignore[attr-defined]
+    return client

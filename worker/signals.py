@@ -1,0 +1,56 @@
+"""Celery signal hooks: register served agents, declare the DLX, reset pools after fork."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from celery import signals
+
+import storage
+from messaging.agents import registered_agents
+from worker.routing import dead_letter_queue, inbox_name
+
+if TYPE_CHECKING:
+    from worker.app import AgentpostCelery
+
+__all__ = ["connect", "register_served_agents"]
+
+log = logging.getLogger("agentpost.worker")
+
+
+def register_served_agents(app: AgentpostCelery, queues: set[str]) -> list[str]:
+    """Record in the store every imported agent whose inbox this worker consumes."""
+    settings = app.settings
+    served = [
+        (name, inbox_name(name, settings))
+        for name in sorted(registered_agents())
+        if inbox_name(name, settings) in queues
+    ]
+    engine = storage.engine_for(settings.database)
+    storage.create_schema(engine)
+    storage.register_agents(engine, served, kind="handler", now=time.time())
+    return [name for name, _ in served]
+
+
+def connect(app: AgentpostCelery) -> None:
+    """Connect this app's hooks (they ignore workers of other apps)."""
+
+    def on_ready(sender: Any = None, **_: Any) -> None:
+        if sender is None or sender.app is not app:
+            return
+        queues = set(app.amqp.queues.consume_from or app.amqp.queues)
+        names = register_served_agents(app, queues)
+        with app.connection_for_write() as conn:
+            # Declared up front so that broker-side dead-lettering (RabbitMQ's
+            # x-dead-letter-exchange) always has somewhere to go.
+            dead_letter_queue(app.settings)(conn.default_channel).declare()
+        log.info("agentpost worker ready, serving agents: %s", ", ".join(names) or "(none)")
+
+    def on_process_init(**_: Any) -> None:
+        # Pool children must not reuse connections opened before the fork.
+        storage.dispose_engines()
+
+    signals.worker_ready.connect(on_ready, weak=False)
+    signals.worker_process_init.connect(on_process_init, weak=False)

@@ -1,0 +1,81 @@
+"""Broker-specific choices, in one place: transport options, queue arguments, priorities.
+
+The rest of the code asks ``profile_for(url)`` instead of testing URL prefixes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from messaging.settings import Settings
+
+__all__ = ["AMQP", "FILESYSTEM", "REDIS", "TransportProfile", "profile_for"]
+
+
+@dataclass(frozen=True, slots=True)
+class TransportProfile:
+    """What differs between brokers."""
+
+    name: str
+    native_dead_letter: bool  # the broker routes rejected messages to a DLX itself
+    has_priorities: bool
+
+    def transport_options(self, settings: Settings) -> dict[str, Any]:
+        """kombu ``broker_transport_options`` for this broker."""
+        if self.name == "filesystem":
+            root = settings.home / "broker"
+            folders = {"queue": root / "queue", "control": root / "control"}
+            for folder in folders.values():
+                folder.mkdir(parents=True, exist_ok=True)
+            return {
+                "data_folder_in": str(folders["queue"]),
+                "data_folder_out": str(folders["queue"]),
+                "control_folder": str(folders["control"]),
+                "polling_interval": settings.filesystem_polling_s,
+            }
+        if self.name == "redis":
+            return {
+                # Redis redelivers unacked (and ETA) messages after this; it must stay
+                # above the longest retry backoff (Settings checks that).
+                "visibility_timeout": settings.visibility_timeout_s,
+                "queue_order_strategy": "priority",
+                "priority_steps": list(range(10)),
+                # redis-py 8 times out blocking reads after 5 s unless told otherwise.
+                "socket_timeout": 30,
+                "socket_connect_timeout": 10,
+            }
+        return {"confirm_publish": True}
+
+    def queue_arguments(self, settings: Settings) -> dict[str, Any] | None:
+        """Declaration arguments of an inbox queue (fixed at first declaration on AMQP)."""
+        if self.name != "amqp":
+            return None
+        return {
+            "x-max-priority": 9,
+            "x-dead-letter-exchange": f"{settings.namespace}agentpost.dlx",
+            "x-dead-letter-routing-key": f"{settings.namespace}agentpost.dead_letter",
+        }
+
+    def message_priority(self, priority: int) -> int | None:
+        """Our 0-9 (9 most urgent) in the broker's own scheme."""
+        if self.name == "redis":
+            return 9 - priority  # kombu's Redis transport serves 0 first
+        if self.name == "amqp":
+            return priority
+        return None
+
+
+FILESYSTEM = TransportProfile("filesystem", native_dead_letter=False, has_priorities=False)
+REDIS = TransportProfile("redis", native_dead_letter=False, has_priorities=True)
+AMQP = TransportProfile("amqp", native_dead_letter=True, has_priorities=True)
+
+
+def profile_for(broker_url: str) -> TransportProfile:
+    """The profile of a broker URL (``Settings`` has already refused unknown schemes)."""
+    scheme = broker_url.split("://", 1)[0]
+    if scheme in ("redis", "rediss"):
+        return REDIS
+    if scheme in ("amqp", "pyamqp", "amqps"):
+        return AMQP
+    return FILESYSTEM
