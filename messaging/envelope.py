@@ -114,6 +114,13 @@ class Envelope(BaseModel):
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
     schema_version: str = SCHEMA_VERSION
 
+    def __init__(self, **data: Any) -> None:
+        # Constructing an envelope directly refuses bad input with our error, too.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InvalidEnvelope(_problems(exc)) from None
+
     @field_validator("schema_version")
     @classmethod
     def _known_major(cls, value: str) -> str:
@@ -199,9 +206,13 @@ def parse_envelope(data: Any) -> Envelope:
     try:
         return Envelope.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'envelope'}: "
-            f"{err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors()
-        )
-        raise InvalidEnvelope(f"invalid envelope: {problems}") from None
+        raise InvalidEnvelope(_problems(exc)) from None
+
+
+def _problems(exc: ValidationError) -> str:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'envelope'}: "
+        f"{err['msg'].removeprefix('Value error, ')}"
+        for err in exc.errors()
+    )
+    return f"invalid envelope: {problems}"

@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     @property
     def broker(self) -> str:
         """The broker URL in force."""
-        return self.broker_url or "filesystem://"
+        return self.broker_url or "filesystem://localhost//"
 
     @property
     def database(self) -> str:

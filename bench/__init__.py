@@ -1,0 +1,1 @@
+"""Benchmarks of agentpost (not part of the installed packages)."""

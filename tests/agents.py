@@ -1,0 +1,83 @@
+"""Agents the behaviour suite runs in real worker processes.
+
+Each handler run appends a line to ``$AGENTPOST_TEST_SPOOL/<agent>.log`` so a test
+can count exactly how many times a handler ran, across processes and crashes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from messaging import Context, Envelope, PermanentError, agent
+
+
+def _spool() -> Path:
+    return Path(os.environ["AGENTPOST_TEST_SPOOL"])
+
+
+def _record(msg: Envelope, ctx: Context, event: str) -> None:
+    line = json.dumps({"id": str(msg.id), "attempt": ctx.attempt, "event": event,
+                       "pid": os.getpid(), "at": time.time()})
+    with (_spool() / f"{msg.receiver}.log").open("a") as fh:
+        fh.write(line + "\n")
+
+
+def _payload(msg: Envelope) -> dict[str, Any]:
+    return msg.payload if isinstance(msg.payload, dict) else {}
+
+
+@agent("echo")
+def echo(msg: Envelope, ctx: Context) -> Any:
+    _record(msg, ctx, "run")
+    return msg.payload
+
+
+@agent("flaky", max_retries=5)
+def flaky(msg: Envelope, ctx: Context) -> dict[str, int]:
+    _record(msg, ctx, "run")
+    if ctx.attempt < int(_payload(msg).get("succeed_on", 3)):
+        raise ConnectionError(f"flaky failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+@agent("doomed", max_retries=2)
+def doomed(msg: Envelope, ctx: Context) -> None:
+    _record(msg, ctx, "run")
+    raise RuntimeError(f"boom on attempt {ctx.attempt}")
+
+
+@agent("rejecter")
+def rejecter(msg: Envelope, ctx: Context) -> None:
+    _record(msg, ctx, "run")
+    raise PermanentError("this message can never be handled")
+
+
+@agent("gate", max_retries=0)
+def gate(msg: Envelope, ctx: Context) -> str:
+    _record(msg, ctx, "run")
+    if not (_spool() / "gate-open").exists():
+        raise RuntimeError("gate closed")
+    return "passed"
+
+
+@agent("slow")
+def slow(msg: Envelope, ctx: Context) -> dict[str, int]:
+    _record(msg, ctx, "start")
+    if ctx.attempt == 1:
+        time.sleep(float(_payload(msg).get("sleep_s", 2.0)))
+    _record(msg, ctx, "done")
+    return {"attempt": ctx.attempt}
+
+
+@agent("parent", max_retries=3)
+def parent(msg: Envelope, ctx: Context) -> str:
+    _record(msg, ctx, "run")
+    ctx.send("echo", {"child": 1})
+    ctx.send("echo", {"child": 2})
+    if ctx.attempt == 1:
+        raise ConnectionError("fails after sending its children")
+    return "sent"

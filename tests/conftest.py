@@ -1,0 +1,218 @@
+"""Backends, isolation and real worker processes for the behaviour suite.
+
+Every test that takes ``backend`` runs three times: on the embedded default
+(filesystem broker + SQLite in a temporary folder), on Redis + PostgreSQL and on
+RabbitMQ + PostgreSQL. A server's URL comes from ``AGENTPOST_TEST_REDIS_URL``,
+``AGENTPOST_TEST_AMQP_URL`` and ``AGENTPOST_TEST_DATABASE_URL``; without it those
+variants skip, with it a server that does not answer fails the test.
+
+Isolation: each test gets its own PostgreSQL database (or SQLite file), its own
+queue namespace on the broker, and its own spool folder.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+import storage
+from messaging import Client, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ("embedded", "redis", "amqp")
+
+# Short timings so recovery paths take seconds (the paths are the real ones).
+FAST = {
+    "AGENTPOST_LEASE_S": "4",
+    "AGENTPOST_SWEEP_INTERVAL_S": "1",
+    "AGENTPOST_REDELIVER_AFTER_S": "2",
+    "AGENTPOST_BACKOFF_S": "0.05",
+    "AGENTPOST_BACKOFF_MAX_S": "0.2",
+}
+
+
+@dataclass
+class Backend:
+    """One test's world: its settings as environment variables, and its spool."""
+
+    name: str
+    env: dict[str, str]
+    spool: Path
+    workers: list[Worker] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        saved = dict(os.environ)
+        try:
+            os.environ.update(self.env)
+            return Settings()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def client(self) -> Client:
+        return Client(self.settings)
+
+    def runs(self, agent: str, event: str | None = None) -> list[dict[str, Any]]:
+        import json
+
+        log = self.spool / f"{agent}.log"
+        if not log.exists():
+            return []
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line]
+        return [r for r in lines if event is None or r["event"] == event]
+
+
+@dataclass
+class Worker:
+    """A real ``agentpost worker`` process (its own process group, so SIGKILL takes all)."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _required(var: str) -> str:
+    value = os.environ.get(var)
+    if not value:
+        pytest.skip(f"{var} is not set")
+    return value
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    admin_url = make_url(_required("AGENTPOST_TEST_DATABASE_URL"))
+    if admin_url.drivername == "postgresql":
+        admin_url = admin_url.set(drivername="postgresql+psycopg")
+    name = f"agentpost_t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        storage.dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The world of one test on one backend, with every worker stopped at the end."""
+    name: str = request.param
+    namespace = f"t{uuid.uuid4().hex[:8]}."
+    env = {**FAST, "AGENTPOST_HOME": str(tmp_path / "home"), "AGENTPOST_NAMESPACE": namespace}
+    if name == "redis":
+        env["AGENTPOST_BROKER_URL"] = _required("AGENTPOST_TEST_REDIS_URL")
+        env["AGENTPOST_DATABASE_URL"] = request.getfixturevalue("pg_database")
+    elif name == "amqp":
+        env["AGENTPOST_BROKER_URL"] = _required("AGENTPOST_TEST_AMQP_URL")
+        env["AGENTPOST_DATABASE_URL"] = request.getfixturevalue("pg_database")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    env["AGENTPOST_TEST_SPOOL"] = str(spool)
+    world = Backend(name, env, spool)
+    try:
+        yield world
+    finally:
+        for worker in world.workers:
+            worker.stop()
+        _clean_broker(world)
+        storage.dispose_engines()
+
+
+def _clean_broker(world: Backend) -> None:
+    """Delete this test's queues (RabbitMQ keeps durable queues otherwise)."""
+    if world.name != "amqp":
+        return
+    from kombu import Connection
+
+    settings = world.settings
+    with Connection(settings.broker) as conn:
+        channel = conn.default_channel
+        for queue in ("agent.echo", "agent.flaky", "agent.doomed", "agent.rejecter",
+                      "agent.gate", "agent.slow", "agent.parent", "agentpost.sweeper",
+                      "agentpost.dead_letter", "agentpost.default"):
+            try:
+                channel.queue_delete(f"{settings.namespace}{queue}")
+            except Exception:
+                channel = conn.channel()
+
+
+@pytest.fixture
+def start_worker(backend: Backend) -> Callable[..., Worker]:
+    """Start a real worker serving ``tests.agents``; wait until it registered its agents."""
+
+    def start(*extra: str, argv: list[str] | None = None, wait: bool = True) -> Worker:
+        log = backend.spool.parent / f"worker-{len(backend.workers)}.log"
+        cmd = argv or [sys.executable, "-m", "messaging.cli", "worker", "tests.agents",
+                       "--beat", "--concurrency", "2", "--loglevel", "INFO", *extra]
+        started = time.time()
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, env={**os.environ, **backend.env},
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        worker = Worker(proc, log)
+        backend.workers.append(worker)
+        if wait:
+            engine = storage.engine_for(backend.settings.database)
+
+            def registered() -> bool:
+                if proc.poll() is not None:
+                    pytest.fail(f"worker exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+                try:
+                    return any(a.last_seen_at >= started for a in storage.list_agents(engine))
+                except Exception:
+                    return False
+
+            wait_for(registered, 60, "the worker to register its agents")
+        return worker
+
+    return start
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll ``condition`` until it is truthy; fail the test with ``what`` otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def wait_final(client: Client, message_id: str, timeout_s: float = 60) -> Any:
+    """The message's state once it is delivered or dead."""
+    return wait_for(
+        lambda: (s := client.status(message_id)).status in ("delivered", "dead") and s,
+        timeout_s,
+        f"message {message_id} to be delivered or dead",
+    )

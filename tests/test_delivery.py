@@ -1,0 +1,306 @@
+"""The core behaviour suite: every test runs on embedded, Redis + PostgreSQL, RabbitMQ + PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+from kombu import Connection
+
+import storage
+from messaging import Envelope, MessageState
+from tests.conftest import ROOT, Backend, Worker, wait_final, wait_for
+from worker import create_app, dead_letter_queue, publish_delivery
+
+pytestmark = pytest.mark.slow
+
+
+def test_delivery_from_a_process_that_imports_no_agent_code(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given a worker serving the test agents
+    start_worker()
+    # When a separate Python process that never imports agent code sends a message
+    code = (
+        "import sys, json\n"
+        "from messaging import Client\n"
+        "r = Client().send('echo', {'hello': 'world'}, sender='outsider')\n"
+        "print(json.dumps({'id': r.message_id, 'agents_imported': 'tests.agents' in sys.modules}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **backend.env},
+                         capture_output=True, text=True, timeout=60, check=True)
+    sent = json.loads(out.stdout.strip().splitlines()[-1])
+    assert sent["agents_imported"] is False
+    # Then the worker delivers it, and the handler's return value is the reply
+    state = wait_final(backend.client(), sent["id"])
+    assert state.status == "delivered"
+    assert state.reply == {"hello": "world"}
+    assert [a.outcome for a in state.attempt_log] == ["delivered"]
+    assert len(backend.runs("echo")) == 1
+
+
+def test_retries_with_backoff_then_success(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    start_worker()
+    client = backend.client()
+    sent = client.send("flaky", {"succeed_on": 3}, sender="tester")
+    state = wait_final(client, sent.message_id)
+    assert state.status == "delivered"
+    assert state.attempts == 3
+    assert [a.outcome for a in state.attempt_log] == ["retry", "retry", "delivered"]
+    assert [a.number for a in state.attempt_log] == [1, 2, 3]
+    assert "flaky failure on attempt 1" in (state.attempt_log[0].error or "")
+    # Backoff: each retry waited at least half its base delay (0.05 s, doubled, jittered).
+    log = state.attempt_log
+    for earlier, later, base in ((log[0], log[1], 0.05), (log[1], log[2], 0.1)):
+        assert later.started_at is not None
+        assert (later.started_at - earlier.ended_at).total_seconds() >= base / 2 - 0.005
+    assert state.reply == {"attempt": 3}
+
+
+def _dead_letters_on_broker(backend: Backend) -> list[dict[str, object]]:
+    settings = backend.settings
+    app = create_app(settings)
+    found = []
+    with Connection(settings.broker, transport_options=app.conf.broker_transport_options) as conn:
+        queue = conn.SimpleQueue(dead_letter_queue(settings))
+        try:
+            while True:
+                try:
+                    message = queue.get(timeout=0.5)
+                except queue.Empty:
+                    break
+                found.append(message.payload)
+                message.ack()
+        finally:
+            queue.close()
+    return found
+
+
+def test_exhausted_retries_dead_letter_with_every_error(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    start_worker()
+    client = backend.client()
+    sent = client.send("doomed", {"n": 1}, sender="tester")
+    state = wait_final(client, sent.message_id)
+    # The row is dead, with each of the 3 attempts (1 + max_retries=2) and its error
+    assert state.status == "dead"
+    assert state.dead_reason == "exhausted"
+    assert [a.outcome for a in state.attempt_log] == ["retry", "retry", "dead"]
+    assert [a.error for a in state.attempt_log] == [
+        f"RuntimeError: boom on attempt {n}" for n in (1, 2, 3)
+    ]
+    assert all(a.traceback and "RuntimeError" in a.traceback for a in state.attempt_log)
+    assert [d.message_id for d in client.dead_letters()] == [sent.message_id]
+    # The dead-letter exchange got the envelope and its error
+    letters = wait_for(lambda: _dead_letters_on_broker(backend), 20, "the DLX message")
+    assert [(d["message_id"], d["reason"], d["attempts"]) for d in letters] == [
+        (sent.message_id, "exhausted", 3)
+    ]
+    assert "boom on attempt 3" in str(letters[0]["error"])
+    assert letters[0]["envelope"]["payload"] == {"n": 1}  # type: ignore[index]
+    # The Celery task itself ended in FAILURE (what Flower lists)
+    app = create_app(backend.settings)
+    result = app.AsyncResult(sent.message_id)
+    wait_for(lambda: result.state == "FAILURE", 20, "the task's FAILURE state")
+    assert "boom on attempt 3" in str(result.result)
+    assert len(backend.runs("doomed")) == 3
+
+
+def test_permanent_error_dead_letters_without_retries(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    start_worker()
+    client = backend.client()
+    sent = client.send("rejecter", None, sender="tester")
+    state = wait_final(client, sent.message_id)
+    assert (state.status, state.dead_reason, state.attempts) == ("dead", "rejected", 1)
+    assert state.attempt_log[0].error == "PermanentError: this message can never be handled"
+    time.sleep(0.5)
+    assert len(backend.runs("rejecter")) == 1
+
+
+def test_same_idempotency_key_from_eight_processes(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    start_worker()
+    backend.client()  # schema exists before the race
+    go_at = time.time() + 3
+    code = (
+        "import json, sys, time\n"
+        "from messaging import Client\n"
+        "c = Client(); c.agents()\n"
+        f"time.sleep(max(0, {go_at} - time.time()))\n"
+        "r = c.send('echo', {'pid': __import__('os').getpid()}, sender='racer', "
+        "idempotency_key='order-42')\n"
+        "print(json.dumps(r.model_dump()))\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **backend.env},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    # One message: every sender got the same id, exactly one of them created it
+    assert len({r["message_id"] for r in results}) == 1
+    assert sorted(r["duplicate"] for r in results) == [False] + [True] * 7
+    client = backend.client()
+    state = wait_final(client, results[0]["message_id"])
+    assert state.status == "delivered"
+    time.sleep(1.0)
+    # And one handler run
+    assert len(backend.runs("echo")) == 1
+
+
+def test_sigkill_in_the_middle_of_a_handler_still_delivers(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given a handler that is running (it sleeps on its first attempt)
+    first = start_worker()
+    client = backend.client()
+    sent = client.send("slow", {"sleep_s": 2.5}, sender="tester")
+    wait_for(lambda: backend.runs("slow", "start"), 30, "the handler to start")
+    # When the whole worker (main process and pool) is killed with SIGKILL
+    first.kill()
+    assert backend.runs("slow", "done") == []
+    # Then a new worker delivers it once the lease expires and the sweeper republishes
+    start_worker()
+    state = wait_final(client, sent.message_id, timeout_s=90)
+    assert state.status == "delivered"
+    assert [a.outcome for a in state.attempt_log] == ["lost", "delivered"]
+    assert state.reply == {"attempt": 2}
+    assert len(backend.runs("slow", "done")) == 1
+
+
+def _lose_queued_messages(backend: Backend) -> None:
+    """What a broker crash does to messages waiting in it."""
+    settings = backend.settings
+    if backend.name == "redis":
+        import redis
+
+        redis.Redis.from_url(settings.broker).flushall()
+    elif backend.name == "amqp":
+        with Connection(settings.broker) as conn:
+            conn.default_channel.queue_purge(f"{settings.namespace}agent.echo")
+    else:
+        for path in (settings.home / "broker" / "queue").iterdir():
+            path.unlink()
+
+
+def test_broker_losing_queued_messages_loses_nothing(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given 20 messages waiting in the broker with no worker running
+    start_worker().stop()
+    client = backend.client()
+    ids = [client.send("echo", {"n": n}, sender="tester").message_id for n in range(20)]
+    # When the broker loses them (Redis FLUSHALL; a purge; the files removed)
+    _lose_queued_messages(backend)
+    # Then once a worker runs, the sweeper republishes and every one is delivered once
+    start_worker()
+    for message_id in ids:
+        assert wait_final(client, message_id, timeout_s=90).status == "delivered"
+    time.sleep(1.0)
+    assert sorted(r["id"] for r in backend.runs("echo")) == sorted(ids)
+
+
+def test_pickled_task_body_is_refused_and_never_unpickled(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    start_worker()
+    marker = backend.spool / "pickle-executed"
+    settings = backend.settings
+    app = create_app(settings)
+    # A task message whose pickle body would create a file if it were ever loaded
+    body = (
+        b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+    )
+    with app.producer_or_acquire() as producer:
+        from worker import inbox_queue
+
+        producer.publish(
+            body, serializer=None, content_type="application/x-python-serialize",
+            content_encoding="binary", routing_key=inbox_queue("echo", settings).routing_key,
+            exchange=inbox_queue("echo", settings).exchange,
+            declare=[inbox_queue("echo", settings)],
+            headers={"task": "agentpost.deliver", "id": "pickled-1", "lang": "py",
+                     "argsrepr": "", "kwargsrepr": ""},
+        )
+    # The worker stays healthy and delivers the next JSON message
+    client = backend.client()
+    sent = client.send("echo", "after pickle", sender="tester")
+    assert wait_final(client, sent.message_id).status == "delivered"
+    assert not marker.exists()
+    assert [r["id"] for r in backend.runs("echo")] == [sent.message_id]
+
+
+def test_unknown_schema_major_is_dead_lettered_as_invalid(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    start_worker()
+    client = backend.client()
+    # A newer producer's envelope (schema 2.x), stored and published as it would be
+    wire = Envelope.build("echo", {"x": 1}, sender="future").wire()
+    wire["schema_version"] = "2.0"
+    engine = storage.engine_for(backend.settings.database)
+    storage.insert_messages(engine, [storage.NewMessage(
+        id=wire["id"], idempotency_key=wire["id"], correlation_id=wire["id"], parent_id=None,
+        sender="future", receiver="echo", priority=5, envelope=json.dumps(wire),
+        created_at=time.time(), expires_at=None)])
+    publish_delivery(client.app, message_id=wire["id"], receiver="echo", priority=5,
+                     envelope=wire)
+    state = wait_final(client, wire["id"])
+    assert (state.status, state.dead_reason) == ("dead", "invalid")
+    assert "unknown major version" in (state.error or "")
+    assert backend.runs("echo") == []
+
+
+def test_children_of_a_rerun_handler_are_sent_once(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    start_worker()
+    client = backend.client()
+    sent = client.send("parent", None, sender="tester", correlation_id="chain-1")
+    state = wait_final(client, sent.message_id)
+    assert (state.status, state.attempts) == ("delivered", 2)
+
+    def chain() -> list[MessageState]:
+        states = client.trace("chain-1")
+        return states if len(states) == 3 and all(s.status == "delivered" for s in states) else []
+
+    states = wait_for(chain, 30, "the two children to be delivered")
+    children = [s for s in states if s.message_id != sent.message_id]
+    assert sorted(c.payload["child"] for c in children) == [1, 2]
+    assert {c.parent_id for c in children} == {sent.message_id}
+    assert {c.correlation_id for c in children} == {"chain-1"}
+    assert {c.sender for c in children} == {"parent"}
+    time.sleep(1.0)
+    assert len(backend.runs("echo")) == 2
+
+
+def test_redrive_of_a_fixed_dead_message_delivers_it(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    start_worker()
+    client = backend.client()
+    sent = client.send("gate", None, sender="tester", idempotency_key="gate-1")
+    assert wait_final(client, sent.message_id).status == "dead"
+    (backend.spool / "gate-open").touch()
+    again = client.redrive(sent.message_id)
+    assert again.message_id == sent.message_id
+    state = wait_for(lambda: (s := client.status(sent.message_id)).status == "delivered" and s,
+                     60, "the redriven message")
+    assert (state.attempts, state.redrives, state.reply) == (1, 1, "passed")
+    assert [(a.redrive, a.outcome) for a in state.attempt_log] == [(0, "dead"), (1, "delivered")]
+    assert client.send("gate", None, sender="tester", idempotency_key="gate-1").duplicate
