@@ -44,6 +44,7 @@ __all__ = [
     "Priority",
     "SendResult",
     "Settings",
+    "StoreUnavailable",
     "UnknownAgent",
     "agent",
 ]

@@ -16,8 +16,9 @@ from messaging.settings import Settings
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(help="agentpost: reliable agent-to-agent messaging on Celery.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="agentpost: reliable agent-to-agent messaging on Celery.", no_args_is_help=True
+)
 
 
 def _load_modules(modules: list[str]) -> None:
@@ -34,8 +35,9 @@ def _load_modules(modules: list[str]) -> None:
 @app.command()
 def worker(
     modules: Annotated[list[str], typer.Argument(help="Python modules that define agents.")],
-    agents: Annotated[str, typer.Option(help="Comma-separated agents to serve (default: all).")]
-    = "",
+    agents: Annotated[
+        str, typer.Option(help="Comma-separated agents to serve (default: all).")
+    ] = "",
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1)] = 2,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork, threads or solo.")] = "prefork",
     beat: Annotated[bool, typer.Option("--beat", help="Embed the sweeper schedule.")] = False,
@@ -60,9 +62,19 @@ def worker(
     celery_app = create_app(settings)
     queues = [inbox_name(a, settings) for a in wanted] + [sweeper_queue(settings).name]
     argv = [
-        "worker", "-Q", ",".join(queues), "-c", str(concurrency), "-P", pool, "-l", loglevel,
-        "--without-mingle", "--without-gossip",
-        "-n", hostname or f"agentpost.{os.getpid()}@%h",
+        "worker",
+        "-Q",
+        ",".join(queues),
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "-l",
+        loglevel,
+        "--without-mingle",
+        "--without-gossip",
+        "-n",
+        hostname or f"agentpost.{os.getpid()}@%h",
     ]
     if beat:
         argv += ["-B", "-s", str(settings.home / "beat-schedule")]
@@ -76,9 +88,7 @@ def beat(loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO") ->
 
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    create_app(settings).start(
-        ["beat", "-s", str(settings.home / "beat-schedule"), "-l", loglevel]
-    )
+    create_app(settings).start(["beat", "-s", str(settings.home / "beat-schedule"), "-l", loglevel])
 
 
 @app.command()

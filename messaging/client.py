@@ -62,7 +62,7 @@ class Client:
         }
         base = settings or (app.settings if app is not None else None)
         if base is None:
-            base = Settings(**overrides)  # type: ignore[arg-type]
+            base = Settings(**overrides)
         elif overrides:
             base = Settings(**{**base.model_dump(), **overrides})
         self.settings = base
@@ -185,7 +185,7 @@ class Client:
                 SendResult(
                     message_id=outcome.message_id,
                     duplicate=outcome.duplicate,
-                    status=outcome.status,  # type: ignore[arg-type]
+                    status=outcome.status,
                 )
             )
         return results
@@ -209,13 +209,20 @@ class Client:
 
         try:
             publish_delivery(
-                self.app, message_id=message_id, receiver=receiver, priority=priority,
+                self.app,
+                message_id=message_id,
+                receiver=receiver,
+                priority=priority,
                 envelope=wire,
             )
         except Exception as exc:
             # Accepted already: the sweeper republishes once the broker is back.
-            log.warning("message %s stored but not published (%s: %s); the sweeper will "
-                        "republish it", message_id, type(exc).__name__, exc)
+            log.warning(
+                "message %s stored but not published (%s: %s); the sweeper will republish it",
+                message_id,
+                type(exc).__name__,
+                exc,
+            )
 
     # -- inspecting ----------------------------------------------------------
 
@@ -255,11 +262,15 @@ class Client:
         from worker.routing import publish_delivery  # noqa: PLC0415
 
         try:
-            publish_delivery(self.app, message_id=row.message_id, receiver=row.receiver,
-                             priority=row.priority, envelope=row.envelope)
+            publish_delivery(
+                self.app,
+                message_id=row.message_id,
+                receiver=row.receiver,
+                priority=row.priority,
+                envelope=row.envelope,
+            )
         except Exception as exc:
-            log.warning("redriven message %s not published (%s); the sweeper will", message_id,
-                        exc)
+            log.warning("redriven message %s not published (%s); the sweeper will", message_id, exc)
         return SendResult(message_id=message_id, duplicate=False, status="queued")
 
     def agents(self) -> list[str]:
@@ -301,4 +312,3 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url  # noqa: PLC0415
 
     return make_url(url).render_as_string(hide_password=True)
-

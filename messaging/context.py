@@ -9,7 +9,8 @@ from uuid import NAMESPACE_URL, uuid5
 from messaging.envelope import Envelope, Priority
 
 if TYPE_CHECKING:
-    from messaging.client import Client, SendResult
+    from messaging.client import Client
+    from messaging.results import SendResult
 
 __all__ = ["Context", "child_key"]
 

@@ -42,24 +42,41 @@ def run_demo(home: Path, *, timeout_s: float = 120.0) -> int:
     console.rule("agentpost demo — embedded default (filesystem broker + SQLite)")
     console.print(f"store and broker under {settings.home}")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "messaging.cli", "worker", "messaging.examples",
-         "--beat", "--concurrency", "2", "--loglevel", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "messaging.cli",
+            "worker",
+            "messaging.examples",
+            "--beat",
+            "--concurrency",
+            "2",
+            "--loglevel",
+            "WARNING",
+        ],
         env=env,
     )
     try:
         client = Client(settings)
-        _wait(lambda: EXAMPLE_AGENTS <= set(client.agents()), timeout_s, "worker start")
+        _wait(lambda: set(client.agents()) >= EXAMPLE_AGENTS, timeout_s, "worker start")
         console.print(f"worker pid {worker.pid} serves: {', '.join(sorted(client.agents()))}")
 
         chain = client.send("researcher", {"topic": "celery retries"}, sender="demo")
-        poison = client.send("reviewer", {"poison": "an unreadable draft"}, sender="demo",
-                             correlation_id="demo-poison")
+        poison = client.send(
+            "reviewer",
+            {"poison": "an unreadable draft"},
+            sender="demo",
+            correlation_id="demo-poison",
+        )
         console.print(f"sent chain {chain.message_id[:8]} and poison {poison.message_id[:8]}")
 
         def settled() -> bool:
             states = client.trace(chain.message_id)
-            return (len(states) == 4 and all(s.status in FINAL for s in states)
-                    and client.status(poison.message_id).status in FINAL)
+            return (
+                len(states) == 4
+                and all(s.status in FINAL for s in states)
+                and client.status(poison.message_id).status in FINAL
+            )
 
         _wait(settled, timeout_s, "the chain and the poison message to settle")
         states = client.trace(chain.message_id)
@@ -68,8 +85,12 @@ def run_demo(home: Path, *, timeout_s: float = 120.0) -> int:
         console.print(dead_letter_panel(dead))
 
         flaky = next(s for s in states if s.receiver == "flaky")
-        ok = (all(s.status == "delivered" for s in states) and flaky.attempts == 3
-              and dead.status == "dead" and dead.dead_reason == "exhausted")
+        ok = (
+            all(s.status == "delivered" for s in states)
+            and flaky.attempts == 3
+            and dead.status == "dead"
+            and dead.dead_reason == "exhausted"
+        )
         console.print("[green]demo ok[/]" if ok else "[red]demo: unexpected outcome[/]")
         return 0 if ok else 1
     finally:

@@ -51,8 +51,7 @@ def validate_agent_name(name: str) -> str:
     """Return ``name`` if it is a valid agent name, else raise ``InvalidEnvelope``."""
     if not isinstance(name, str) or not _AGENT_NAME.match(name):
         raise InvalidEnvelope(
-            f"agent name {name!r} is invalid: use 1-64 lower-case letters, digits, "
-            "'_', '.' or '-'"
+            f"agent name {name!r} is invalid: use 1-64 lower-case letters, digits, '_', '.' or '-'"
         )
     return name
 

@@ -21,8 +21,10 @@ def _attempt_line(attempt: AttemptInfo) -> Text:
     took = ""
     if attempt.started_at is not None:
         took = f" {1000 * (attempt.ended_at - attempt.started_at).total_seconds():.0f} ms"
-    line = Text(f"attempt {attempt.number}: {attempt.outcome}{took}",
-                style=_STYLE.get(attempt.outcome, "yellow"))
+    line = Text(
+        f"attempt {attempt.number}: {attempt.outcome}{took}",
+        style=_STYLE.get(attempt.outcome, "yellow"),
+    )
     if attempt.error:
         line.append(f"  {attempt.error}", style="dim")
     return line

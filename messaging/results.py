@@ -47,7 +47,7 @@ class AttemptInfo(BaseModel):
             worker=row.worker,
             started_at=_dt(row.started_at),
             ended_at=_dt(row.ended_at) or datetime.now(UTC),
-            outcome=row.outcome,  # type: ignore[arg-type]
+            outcome=row.outcome,
             error=row.error,
             traceback=row.traceback,
         )
@@ -87,7 +87,7 @@ class MessageState(BaseModel):
             parent_id=row.parent_id,
             idempotency_key=row.idempotency_key,
             priority=row.priority,
-            status=row.status,  # type: ignore[arg-type]
+            status=row.status,
             dead_reason=row.dead_reason,
             error=row.error,
             reply=json.loads(row.reply) if row.reply is not None else None,

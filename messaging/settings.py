@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -46,6 +46,19 @@ class Settings(BaseSettings):
     filesystem_polling_s: float = Field(default=0.1, gt=0)
     agent_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     alert_hook: str = Field(default="", description="'module:callable' called on dead letters")
+
+    def __init__(self, **values: Any) -> None:
+        # Bad configuration is our ConfigurationError, and its message must not
+        # echo the input (pydantic's would print a URL's password).
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc'])}: "
+                f"{err['msg'].removeprefix('Value error, ')}"
+                for err in exc.errors(include_input=False)
+            )
+            raise ConfigurationError(f"invalid agentpost settings: {problems}") from None
 
     @field_validator("agent_modules", mode="before")
     @classmethod
@@ -99,9 +112,7 @@ class Settings(BaseSettings):
             )
         if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
             # Default to psycopg 3, the driver agentpost installs.
-            value = url.set(drivername="postgresql+psycopg").render_as_string(
-                hide_password=False
-            )
+            value = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
         return value
 
     @model_validator(mode="after")

@@ -385,9 +385,7 @@ def overdue(engine: Engine, *, now: float, grace_s: float, limit: int = 1000) ->
         ).all()
         if rows:
             conn.execute(
-                update(MESSAGES)
-                .where(MESSAGES.c.id.in_([r.id for r in rows]))
-                .values(due_at=now)
+                update(MESSAGES).where(MESSAGES.c.id.in_([r.id for r in rows])).values(due_at=now)
             )
     return [Republish(r.id, r.receiver, r.priority, r.envelope) for r in rows]
 

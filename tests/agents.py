@@ -20,8 +20,15 @@ def _spool() -> Path:
 
 
 def _record(msg: Envelope, ctx: Context, event: str) -> None:
-    line = json.dumps({"id": str(msg.id), "attempt": ctx.attempt, "event": event,
-                       "pid": os.getpid(), "at": time.time()})
+    line = json.dumps(
+        {
+            "id": str(msg.id),
+            "attempt": ctx.attempt,
+            "event": event,
+            "pid": os.getpid(),
+            "at": time.time(),
+        }
+    )
     with (_spool() / f"{msg.receiver}.log").open("a") as fh:
         fh.write(line + "\n")
 

@@ -12,6 +12,7 @@ queue namespace on the broker, and its own spool folder.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kombu import Connection
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -66,8 +68,6 @@ class Backend:
         return Client(self.settings)
 
     def runs(self, agent: str, event: str | None = None) -> list[dict[str, Any]]:
-        import json
-
         log = self.spool / f"{agent}.log"
         if not log.exists():
             return []
@@ -151,14 +151,21 @@ def _clean_broker(world: Backend) -> None:
     """Delete this test's queues (RabbitMQ keeps durable queues otherwise)."""
     if world.name != "amqp":
         return
-    from kombu import Connection
-
     settings = world.settings
     with Connection(settings.broker) as conn:
         channel = conn.default_channel
-        for queue in ("agent.echo", "agent.flaky", "agent.doomed", "agent.rejecter",
-                      "agent.gate", "agent.slow", "agent.parent", "agentpost.sweeper",
-                      "agentpost.dead_letter", "agentpost.default"):
+        for queue in (
+            "agent.echo",
+            "agent.flaky",
+            "agent.doomed",
+            "agent.rejecter",
+            "agent.gate",
+            "agent.slow",
+            "agent.parent",
+            "agentpost.sweeper",
+            "agentpost.dead_letter",
+            "agentpost.default",
+        ):
             try:
                 channel.queue_delete(f"{settings.namespace}{queue}")
             except Exception:
@@ -171,13 +178,28 @@ def start_worker(backend: Backend) -> Callable[..., Worker]:
 
     def start(*extra: str, argv: list[str] | None = None, wait: bool = True) -> Worker:
         log = backend.spool.parent / f"worker-{len(backend.workers)}.log"
-        cmd = argv or [sys.executable, "-m", "messaging.cli", "worker", "tests.agents",
-                       "--beat", "--concurrency", "2", "--loglevel", "INFO", *extra]
+        cmd = argv or [
+            sys.executable,
+            "-m",
+            "messaging.cli",
+            "worker",
+            "tests.agents",
+            "--beat",
+            "--concurrency",
+            "2",
+            "--loglevel",
+            "INFO",
+            *extra,
+        ]
         started = time.time()
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                cmd, cwd=ROOT, env={**os.environ, **backend.env},
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                cmd,
+                cwd=ROOT,
+                env={**os.environ, **backend.env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         worker = Worker(proc, log)
         backend.workers.append(worker)

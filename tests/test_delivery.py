@@ -1,4 +1,4 @@
-"""The core behaviour suite: every test runs on embedded, Redis + PostgreSQL, RabbitMQ + PostgreSQL."""
+"""The core behaviour suite, run on embedded, Redis + PostgreSQL and RabbitMQ + PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import time
 from collections.abc import Callable
 
 import pytest
+import redis
 from kombu import Connection
 
 import storage
 from messaging import Envelope, MessageState
 from tests.conftest import ROOT, Backend, Worker, wait_final, wait_for
-from worker import create_app, dead_letter_queue, publish_delivery
+from worker import create_app, dead_letter_queue, inbox_queue, publish_delivery
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +31,18 @@ def test_delivery_from_a_process_that_imports_no_agent_code(
         "import sys, json\n"
         "from messaging import Client\n"
         "r = Client().send('echo', {'hello': 'world'}, sender='outsider')\n"
-        "print(json.dumps({'id': r.message_id, 'agents_imported': 'tests.agents' in sys.modules}))\n"
+        "imported = 'tests.agents' in sys.modules\n"
+        "print(json.dumps({'id': r.message_id, 'agents_imported': imported}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **backend.env},
-                         capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, **backend.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     sent = json.loads(out.stdout.strip().splitlines()[-1])
     assert sent["agents_imported"] is False
     # Then the worker delivers it, and the handler's return value is the reply
@@ -143,8 +152,14 @@ def test_same_idempotency_key_from_eight_processes(
         "print(json.dumps(r.model_dump()))\n"
     )
     procs = [
-        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **backend.env},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env={**os.environ, **backend.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(8)
     ]
     results = []
@@ -187,8 +202,6 @@ def _lose_queued_messages(backend: Backend) -> None:
     """What a broker crash does to messages waiting in it."""
     settings = backend.settings
     if backend.name == "redis":
-        import redis
-
         redis.Redis.from_url(settings.broker).flushall()
     elif backend.name == "amqp":
         with Connection(settings.broker) as conn:
@@ -223,19 +236,23 @@ def test_pickled_task_body_is_refused_and_never_unpickled(
     settings = backend.settings
     app = create_app(settings)
     # A task message whose pickle body would create a file if it were ever loaded
-    body = (
-        b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
-    )
+    body = b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
     with app.producer_or_acquire() as producer:
-        from worker import inbox_queue
-
         producer.publish(
-            body, serializer=None, content_type="application/x-python-serialize",
-            content_encoding="binary", routing_key=inbox_queue("echo", settings).routing_key,
+            body,
+            serializer=None,
+            content_type="application/x-python-serialize",
+            content_encoding="binary",
+            routing_key=inbox_queue("echo", settings).routing_key,
             exchange=inbox_queue("echo", settings).exchange,
             declare=[inbox_queue("echo", settings)],
-            headers={"task": "agentpost.deliver", "id": "pickled-1", "lang": "py",
-                     "argsrepr": "", "kwargsrepr": ""},
+            headers={
+                "task": "agentpost.deliver",
+                "id": "pickled-1",
+                "lang": "py",
+                "argsrepr": "",
+                "kwargsrepr": "",
+            },
         )
     # The worker stays healthy and delivers the next JSON message
     client = backend.client()
@@ -254,12 +271,24 @@ def test_unknown_schema_major_is_dead_lettered_as_invalid(
     wire = Envelope.build("echo", {"x": 1}, sender="future").wire()
     wire["schema_version"] = "2.0"
     engine = storage.engine_for(backend.settings.database)
-    storage.insert_messages(engine, [storage.NewMessage(
-        id=wire["id"], idempotency_key=wire["id"], correlation_id=wire["id"], parent_id=None,
-        sender="future", receiver="echo", priority=5, envelope=json.dumps(wire),
-        created_at=time.time(), expires_at=None)])
-    publish_delivery(client.app, message_id=wire["id"], receiver="echo", priority=5,
-                     envelope=wire)
+    storage.insert_messages(
+        engine,
+        [
+            storage.NewMessage(
+                id=wire["id"],
+                idempotency_key=wire["id"],
+                correlation_id=wire["id"],
+                parent_id=None,
+                sender="future",
+                receiver="echo",
+                priority=5,
+                envelope=json.dumps(wire),
+                created_at=time.time(),
+                expires_at=None,
+            )
+        ],
+    )
+    publish_delivery(client.app, message_id=wire["id"], receiver="echo", priority=5, envelope=wire)
     state = wait_final(client, wire["id"])
     assert (state.status, state.dead_reason) == ("dead", "invalid")
     assert "unknown major version" in (state.error or "")
@@ -299,8 +328,11 @@ def test_redrive_of_a_fixed_dead_message_delivers_it(
     (backend.spool / "gate-open").touch()
     again = client.redrive(sent.message_id)
     assert again.message_id == sent.message_id
-    state = wait_for(lambda: (s := client.status(sent.message_id)).status == "delivered" and s,
-                     60, "the redriven message")
+    state = wait_for(
+        lambda: (s := client.status(sent.message_id)).status == "delivered" and s,
+        60,
+        "the redriven message",
+    )
     assert (state.attempts, state.redrives, state.reply) == (1, 1, "passed")
     assert [(a.redrive, a.outcome) for a in state.attempt_log] == [(0, "dead"), (1, "delivered")]
     assert client.send("gate", None, sender="tester", idempotency_key="gate-1").duplicate

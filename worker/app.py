@@ -18,7 +18,7 @@ from worker.transports import profile_for
 __all__ = ["AgentpostCelery", "create_app"]
 
 
-class AgentpostCelery(Celery):  # type: ignore[misc]
+class AgentpostCelery(Celery):
     """A Celery app that carries the agentpost settings it was built from."""
 
     settings: Settings
@@ -31,6 +31,7 @@ class AgentpostCelery(Celery):  # type: ignore[misc]
 def create_app(settings: Settings | None = None) -> AgentpostCelery:
     """Build the Celery app for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)  # beat schedule, embedded broker
     profile = profile_for(settings.broker)
     app = AgentpostCelery(settings)
     app.conf.update(
@@ -55,7 +56,6 @@ def create_app(settings: Settings | None = None) -> AgentpostCelery:
         worker_hijack_root_logger=False,
         task_default_queue=f"{settings.namespace}agentpost.default",
         task_queues=(sweeper_queue(settings),),
-        task_queue_max_priority=9 if profile.name == "amqp" else None,
         # A handler must not outlive its lease, or a sweeper could start a second copy.
         task_time_limit=settings.lease_s,
         timezone="UTC",

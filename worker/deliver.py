@@ -56,7 +56,7 @@ def backoff_delay_s(
     With jitter the delay is drawn between half and all of it (so retries of many
     messages that failed together spread out, but never fire at once).
     """
-    delay = min(max_s, base_s * (2 ** max(0, attempt - 1)))
+    delay: float = min(max_s, base_s * 2.0 ** max(0, attempt - 1))
     if jitter and delay > 0:
         return (rng or random).uniform(delay / 2, delay)
     return delay
@@ -86,8 +86,11 @@ def deliver_envelope(app: AgentpostCelery, raw: Any, *, client: Client) -> Outco
     if spec is None:
         # A worker consuming an inbox whose code it does not have: leave the row alone,
         # the sweeper republishes it until a worker that has the agent takes it.
-        log.error("no handler for agent %r in this worker; message %s left queued",
-                  envelope.receiver, message_id)
+        log.error(
+            "no handler for agent %r in this worker; message %s left queued",
+            envelope.receiver,
+            message_id,
+        )
         return Outcome("skipped", message_id, error="no handler in this worker")
 
     if envelope.expires_at is not None and envelope.expires_at.timestamp() <= now:
@@ -114,8 +117,16 @@ def deliver_envelope(app: AgentpostCelery, raw: Any, *, client: Client) -> Outco
         reply = _run(spec, delivered, ctx)
         reply_json = None if reply is None else dump_json(reply)
     except PermanentError as exc:
-        return _dead(app, raw, claim, worker, now, reason="rejected",
-                     error=_describe(exc), tb=traceback.format_exc())
+        return _dead(
+            app,
+            raw,
+            claim,
+            worker,
+            now,
+            reason="rejected",
+            error=_describe(exc),
+            tb=traceback.format_exc(),
+        )
     except Exception as exc:
         error, tb = _describe(exc), traceback.format_exc()
         if claim.attempt > max_retries:
@@ -127,11 +138,27 @@ def deliver_envelope(app: AgentpostCelery, raw: Any, *, client: Client) -> Outco
             jitter=spec.jitter if spec.jitter is not None else settings.backoff_jitter,
         )
         ended = time.time()
-        storage.schedule_retry(engine, message_id, claim_=claim, worker=worker, started_at=now,
-                               now=ended, due_at=ended + countdown, error=error, traceback=tb)
+        storage.schedule_retry(
+            engine,
+            message_id,
+            claim_=claim,
+            worker=worker,
+            started_at=now,
+            now=ended,
+            due_at=ended + countdown,
+            error=error,
+            traceback=tb,
+        )
         return Outcome("retry", message_id, claim.attempt, countdown_s=countdown, error=error)
-    storage.complete(engine, message_id, claim_=claim, worker=worker, started_at=now,
-                     now=time.time(), reply=reply_json)
+    storage.complete(
+        engine,
+        message_id,
+        claim_=claim,
+        worker=worker,
+        started_at=now,
+        now=time.time(),
+        reply=reply_json,
+    )
     return Outcome("delivered", message_id, claim.attempt)
 
 
@@ -159,8 +186,17 @@ def _dead(
 ) -> Outcome:
     message_id = str(raw["id"])
     engine = storage.engine_for(app.settings.database)
-    if storage.mark_dead(engine, message_id, reason=reason, error=error, now=time.time(),
-                         claim_=claim, worker=worker, started_at=started_at, traceback=tb):
+    if storage.mark_dead(
+        engine,
+        message_id,
+        reason=reason,
+        error=error,
+        now=time.time(),
+        claim_=claim,
+        worker=worker,
+        started_at=started_at,
+        traceback=tb,
+    ):
         dead_letter(app, raw, reason=reason, error=error, attempts=claim.attempt)
     return Outcome("dead", message_id, claim.attempt, reason=reason, error=error)
 
@@ -176,8 +212,8 @@ def _str(value: Any) -> str | None:
 def register(app: AgentpostCelery) -> None:
     """Declare ``agentpost.deliver`` on ``app``."""
 
-    @app.task(name=DELIVER_TASK, bind=True, max_retries=None, acks_late=True)  # type: ignore[untyped-decorator]
-    def deliver(self: Task, envelope: Any) -> dict[str, Any]:
+    @app.task(name=DELIVER_TASK, bind=True, max_retries=None, acks_late=True)
+    def deliver(self: Task[Any, Any], envelope: Any) -> dict[str, Any]:
         outcome = deliver_envelope(app, envelope, client=_client(app))
         if outcome.kind == "retry":
             raise self.retry(
@@ -188,8 +224,11 @@ def register(app: AgentpostCelery) -> None:
                 f"message {outcome.message_id} dead ({outcome.reason}) after "
                 f"{outcome.attempt} attempt(s): {outcome.error}"
             )
-        return {"status": outcome.kind, "message_id": outcome.message_id,
-                "attempt": outcome.attempt}
+        return {
+            "status": outcome.kind,
+            "message_id": outcome.message_id,
+            "attempt": outcome.attempt,
+        }
 
 
 class _Retrying(Exception):

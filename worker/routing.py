@@ -48,8 +48,10 @@ def _exchange(settings: Settings) -> Exchange:
 def inbox_queue(agent_or_queue: str, settings: Settings) -> Queue:
     """The declared form of an inbox (accepts the agent name or the queue name)."""
     prefix = inbox_name("", settings)
-    name = agent_or_queue if agent_or_queue.startswith(prefix) else inbox_name(
-        agent_or_queue, settings
+    name = (
+        agent_or_queue
+        if agent_or_queue.startswith(prefix)
+        else inbox_name(agent_or_queue, settings)
     )
     return Queue(
         name,
@@ -77,7 +79,7 @@ def dead_letter_queue(settings: Settings) -> Queue:
     return Queue(name, dead_letter_exchange(settings), routing_key=name, durable=True)
 
 
-class _InboxQueues(Queues):  # type: ignore[misc]
+class _InboxQueues(Queues):
     """Celery's queue map, creating missing ``agent.*`` queues with inbox arguments."""
 
     agentpost_settings: Settings | None = None
@@ -89,13 +91,14 @@ class _InboxQueues(Queues):  # type: ignore[misc]
         return super().new_missing(name)
 
 
-class AgentpostAMQP(AMQP):  # type: ignore[misc]
+class AgentpostAMQP(AMQP):
     """Celery's AMQP helper with inbox-aware missing queues."""
 
     queues_cls = _InboxQueues
 
     def Queues(self, queues: Any, *args: Any, **kwargs: Any) -> _InboxQueues:  # noqa: N802
-        result: _InboxQueues = super().Queues(queues, *args, **kwargs)
+        result = super().Queues(queues, *args, **kwargs)
+        assert isinstance(result, _InboxQueues)
         result.agentpost_settings = getattr(self.app, "settings", None)
         return result
 
@@ -119,7 +122,7 @@ def publish_delivery(
         DELIVER_TASK,
         args=[body],
         task_id=message_id,
-        queue=inbox_queue(receiver, settings),
+        queue=inbox_queue(receiver, settings),  # type: ignore[arg-type]  # a Queue works too
         priority=profile_for(settings.broker).message_priority(priority),
         argsrepr=_summary(body),
     )

@@ -40,18 +40,26 @@ def sweep(app: AgentpostCelery) -> SweepReport:
     recovered = storage.recover_expired(engine, now=now, grace_s=settings.redeliver_after_s)
     overdue = storage.overdue(engine, now=now, grace_s=settings.redeliver_after_s)
     for row in [*recovered, *overdue]:
-        publish_delivery(app, message_id=row.message_id, receiver=row.receiver,
-                         priority=row.priority, envelope=row.envelope)
+        publish_delivery(
+            app,
+            message_id=row.message_id,
+            receiver=row.receiver,
+            priority=row.priority,
+            envelope=row.envelope,
+        )
     if recovered or overdue:
-        log.warning("sweeper: %d lost attempt(s) recovered, %d overdue message(s) republished",
-                    len(recovered), len(overdue))
+        log.warning(
+            "sweeper: %d lost attempt(s) recovered, %d overdue message(s) republished",
+            len(recovered),
+            len(overdue),
+        )
     return SweepReport(len(recovered), len(overdue))
 
 
 def register(app: AgentpostCelery) -> None:
     """Declare ``agentpost.sweep`` on ``app`` (scheduled by beat)."""
 
-    @app.task(name=SWEEP_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+    @app.task(name=SWEEP_TASK, ignore_result=True)
     def sweep_task() -> dict[str, int]:
         report = sweep(app)
         return {"recovered": report.recovered, "republished": report.republished}

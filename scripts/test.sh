@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The README's test command: builds its own virtualenv from PyPI, checks style and
+# types, then runs the whole suite (real workers; Redis, RabbitMQ and PostgreSQL
+# variants run when their AGENTPOST_TEST_* URLs are set, as .ci/run sets them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,99 @@
+"""Plain-function tests: the envelope, settings, backoff and the public API."""
+
+from __future__ import annotations
+
+import importlib
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+import messaging
+import storage
+import worker
+from messaging import ConfigurationError, Envelope, InvalidEnvelope, Settings, agent
+from messaging.context import child_key
+from worker import backoff_delay_s
+
+
+@pytest.mark.parametrize("package", [messaging, worker, storage])
+def test_all_lists_every_public_name_sorted(package: object) -> None:
+    names = package.__all__  # type: ignore[attr-defined]
+    assert names == sorted(names, key=lambda n: (not n.isupper(), n))
+    public = {
+        n
+        for n, v in vars(package).items()
+        if not n.startswith("_")
+        and not isinstance(v, type(importlib))
+        and n not in ("annotations",)
+    }
+    assert public == set(names)
+
+
+def test_envelope_defaults_come_from_its_id() -> None:
+    env = Envelope(sender="a", receiver="b", payload={"x": [1, 2]})
+    assert env.correlation_id == str(env.id) == env.idempotency_key
+    assert env.created_at.tzinfo is not None and env.created_at <= datetime.now(UTC)
+    assert (env.attempt, env.priority, env.schema_version) == (0, 5, "1.0")
+    assert Envelope.model_validate(env.wire()) == env
+    with pytest.raises(Exception, match="frozen"):
+        env.sender = "c"  # type: ignore[misc]
+
+
+def test_priorities_by_name_or_number() -> None:
+    assert Envelope.build("b", sender="a", priority="urgent").priority == 9
+    assert Envelope.build("b", sender="a", priority="low").priority == 2
+    assert Envelope.build("b", sender="a", priority=0).priority == 0
+    with pytest.raises(InvalidEnvelope, match="priority 10 is invalid"):
+        Envelope.build("b", sender="a", priority=10)
+
+
+def test_minor_versions_of_a_known_major_are_read() -> None:
+    assert Envelope(sender="a", receiver="b", schema_version="1.7").schema_version == "1.7"
+    with pytest.raises(InvalidEnvelope, match="unknown major version"):
+        Envelope(sender="a", receiver="b", schema_version="2.0")
+
+
+def test_child_keys_are_stable_and_distinct() -> None:
+    assert child_key("k", 1) == child_key("k", 1)
+    assert (
+        len({child_key("k", 1), child_key("k", 2), child_key("j", 1), child_key("k", 1, "x")}) == 4
+    )
+
+
+def test_backoff_doubles_up_to_the_ceiling_with_jitter_in_range() -> None:
+    exact = [backoff_delay_s(n, base_s=1, max_s=5, jitter=False) for n in range(1, 6)]
+    assert exact == [1, 2, 4, 5, 5]
+    rng = random.Random(7)
+    for n in range(1, 6):
+        delay = backoff_delay_s(n, base_s=1, max_s=5, jitter=True, rng=rng)
+        assert exact[n - 1] / 2 <= delay <= exact[n - 1]
+
+
+def test_settings_reject_bad_configuration_at_declaration() -> None:
+    with pytest.raises(ConfigurationError, match="not supported"):
+        Settings(broker_url="kafka://x")
+    with pytest.raises(ConfigurationError, match="not supported"):
+        Settings(database_url="mysql://root@localhost/x")
+    with pytest.raises(ConfigurationError, match="must stay below"):
+        Settings(backoff_max_s=4000, visibility_timeout_s=3600)
+    with pytest.raises(ConfigurationError) as info:
+        Settings(broker_url="ftp://user:s3cret@host")
+    assert "s3cret" not in str(info.value)
+
+
+def test_settings_defaults_are_the_embedded_ones(tmp_path: object) -> None:
+    s = Settings(home=tmp_path)  # type: ignore[arg-type]
+    assert s.broker.startswith("filesystem://")
+    assert s.database == f"sqlite:///{s.home / 'store.db'}"
+    assert Settings(database_url="postgresql://u@h/db").database.startswith("postgresql+psycopg://")
+    assert Settings(agent_modules="a.b, c").agent_modules == ["a.b", "c"]  # type: ignore[arg-type]
+
+
+def test_agent_options_are_checked_when_declared() -> None:
+    with pytest.raises(ConfigurationError, match="invalid"):
+        agent("Bad Name")
+    with pytest.raises(ConfigurationError, match="max_retries must be >= 0"):
+        agent("fine", max_retries=-1)
+    with pytest.raises(ConfigurationError, match="must take"):
+        agent("fine")(lambda msg: None)  # type: ignore[arg-type, return-value]
