@@ -336,3 +336,37 @@ def test_redrive_of_a_fixed_dead_message_delivers_it(
     assert (state.attempts, state.redrives, state.reply) == (1, 1, "passed")
     assert [(a.redrive, a.outcome) for a in state.attempt_log] == [(0, "dead"), (1, "delivered")]
     assert client.send("gate", None, sender="tester", idempotency_key="gate-1").duplicate
+
+
+def test_plain_celery_command_line_serves_an_agent(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given a worker started with Celery's own command line, as the README documents
+    backend.env["AGENTPOST_AGENT_MODULES"] = "tests.agents"
+    ns = backend.settings.namespace
+    start_worker(
+        argv=[
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery",
+            "worker",
+            "-Q",
+            f"{ns}agent.echo,{ns}agentpost.sweeper",
+            "-c",
+            "1",
+            "-n",
+            "plain@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "INFO",
+        ]
+    )
+    client = backend.client()
+    # Then it registered just the agent whose inbox it consumes, and delivers to it
+    assert client.agents() == ["echo"]
+    sent = client.send("echo", [1, 2, 3], sender="tester")
+    state = wait_final(client, sent.message_id)
+    assert (state.status, state.reply) == ("delivered", [1, 2, 3])
