@@ -88,3 +88,9 @@ def parent(msg: Envelope, ctx: Context) -> str:
     if ctx.attempt == 1:
         raise ConnectionError("fails after sending its children")
     return "sent"
+
+
+def alert(letter: Any) -> None:
+    """The alert hook the suite configures: it records each dead letter."""
+    with (_spool() / "alerts.log").open("a") as fh:
+        fh.write(json.dumps({"id": letter.message_id, "reason": letter.reason}) + "\n")

@@ -95,6 +95,7 @@ def _dead_letters_on_broker(backend: Backend) -> list[dict[str, object]]:
 def test_exhausted_retries_dead_letter_with_every_error(
     backend: Backend, start_worker: Callable[..., Worker]
 ) -> None:
+    backend.env["AGENTPOST_ALERT_HOOK"] = "tests.agents:alert"
     start_worker()
     client = backend.client()
     sent = client.send("doomed", {"n": 1}, sender="tester")
@@ -121,6 +122,9 @@ def test_exhausted_retries_dead_letter_with_every_error(
     wait_for(lambda: result.state == "FAILURE", 20, "the task's FAILURE state")
     assert "boom on attempt 3" in str(result.result)
     assert len(backend.runs("doomed")) == 3
+    # And the alert hook was called once, with the message and its reason
+    alerts = wait_for(lambda: backend.runs("alerts"), 10, "the alert hook")
+    assert alerts == [{"id": sent.message_id, "reason": "exhausted"}]
 
 
 def test_permanent_error_dead_letters_without_retries(
@@ -370,3 +374,25 @@ def test_plain_celery_command_line_serves_an_agent(
     sent = client.send("echo", [1, 2, 3], sender="tester")
     state = wait_final(client, sent.message_id)
     assert (state.status, state.reply) == ("delivered", [1, 2, 3])
+
+
+def test_rabbitmq_inboxes_dead_letter_natively(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    if backend.name != "amqp":
+        pytest.skip("x-dead-letter-exchange is a RabbitMQ feature")
+    start_worker().stop()
+    settings = backend.settings
+    # A message the broker itself rejects from an inbox goes to agentpost.dead_letter
+    with Connection(settings.broker) as conn:
+        inbox = conn.SimpleQueue(inbox_queue("echo", settings))
+        inbox.put({"not": "a task"}, serializer="json")
+        message = inbox.get(timeout=5)
+        message.reject(requeue=False)
+        inbox.close()
+        dead = conn.SimpleQueue(dead_letter_queue(settings))
+        letter = dead.get(timeout=5)
+        assert letter.payload == {"not": "a task"}
+        assert letter.headers["x-death"][0]["reason"] == "rejected"
+        letter.ack()
+        dead.close()
