@@ -50,7 +50,9 @@ def _make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url, parsed.database)
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # No pool_pre_ping: it costs a round trip per checkout on the delivery path. A
+    # connection found dead raises once (the deliver task retries) and is replaced.
+    return create_engine(url, pool_size=5, max_overflow=10, pool_recycle=1800)
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, and_, case, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from storage import postgres
 from storage.tables import Agent, Attempt, Message, table_of
 
 __all__ = [
@@ -158,6 +159,9 @@ def claim(
     died). SET expressions see the row's old values, which is how
     ``recovered_from`` learns, in the same statement, whose lease was taken over.
     """
+    if engine.dialect.name == "postgresql":
+        found = postgres.claim(engine, message_id, worker=worker, now=now, lease_s=lease_s)
+        return None if found is None else Claim(*found)
     stmt = (
         update(MESSAGES)
         .where(
@@ -194,7 +198,7 @@ def claim(
                     worker=row.recovered_from,
                     ended_at=now,
                     outcome="lost",
-                    error="worker lost: lease expired before the attempt finished",
+                    error=postgres.LOST_ERROR,
                 )
             )
     return Claim(row.attempts, row.redrives, row.recovered_from)
@@ -222,25 +226,27 @@ def _finish(
     traceback: str | None,
 ) -> bool:
     """Record the attempt and move the row on, in one transaction; False if fenced off."""
+    values = {**values, "updated_at": now, "lease_until": None}
+    attempt_row = {
+        "message_id": message_id,
+        "number": claim_.attempt,
+        "redrive": claim_.redrive,
+        "worker": worker,
+        "started_at": started_at,
+        "ended_at": now,
+        "outcome": outcome,
+        "error": error,
+        "traceback": traceback,
+    }
+    if engine.dialect.name == "postgresql":
+        return postgres.finish(
+            engine, message_id, attempt=claim_.attempt, values=values, attempt_row=attempt_row
+        )
     with engine.begin() as conn:
         changed = conn.execute(
-            update(MESSAGES)
-            .where(_fenced(message_id, claim_.attempt))
-            .values(updated_at=now, lease_until=None, **values)
+            update(MESSAGES).where(_fenced(message_id, claim_.attempt)).values(**values)
         ).rowcount
-        conn.execute(
-            ATTEMPTS.insert().values(
-                message_id=message_id,
-                number=claim_.attempt,
-                redrive=claim_.redrive,
-                worker=worker,
-                started_at=started_at,
-                ended_at=now,
-                outcome=outcome,
-                error=error,
-                traceback=traceback,
-            )
-        )
+        conn.execute(ATTEMPTS.insert().values(**attempt_row))
     return bool(changed)
 
 
@@ -363,7 +369,7 @@ def recover_expired(engine: Engine, *, now: float, grace_s: float) -> list[Repub
                     worker=row.claimed_by,
                     ended_at=now,
                     outcome="lost",
-                    error="worker lost: lease expired before the attempt finished",
+                    error=postgres.LOST_ERROR,
                 )
             )
             recovered.append(Republish(row.id, row.receiver, row.priority, row.envelope))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from celery import Task
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 import storage
 from messaging.agents import AgentSpec, get_agent
@@ -212,7 +213,18 @@ def _str(value: Any) -> str | None:
 def register(app: AgentpostCelery) -> None:
     """Declare ``agentpost.deliver`` on ``app``."""
 
-    @app.task(name=DELIVER_TASK, bind=True, max_retries=None, acks_late=True)
+    # The store unreachable (or a pooled connection found dead) is not the handler's
+    # fault: Celery retries the whole delivery with backoff, nothing counts an attempt.
+    @app.task(
+        name=DELIVER_TASK,
+        bind=True,
+        max_retries=None,
+        acks_late=True,
+        autoretry_for=(OperationalError, InterfaceError),
+        retry_backoff=1,
+        retry_backoff_max=60,
+        retry_jitter=True,
+    )
     def deliver(self: Task[Any, Any], envelope: Any) -> dict[str, Any]:
         outcome = deliver_envelope(app, envelope, client=_client(app))
         if outcome.kind == "retry":

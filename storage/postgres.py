@@ -1,0 +1,89 @@
+"""PostgreSQL forms of the delivery-path statements: one round trip each.
+
+A data-modifying CTE lets the claim also record a lost attempt, and the completion
+update the message and insert its attempt, in a single autocommit statement, where
+the portable form needs BEGIN, two statements and COMMIT. Every round trip on this
+path shows in throughput (DESIGN: measured on the project machine).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from storage.tables import Attempt, Message, table_of
+
+__all__ = ["claim", "finish"]
+
+_M = table_of(Message).name
+_A = table_of(Attempt).name
+LOST_ERROR = "worker lost: lease expired before the attempt finished"
+
+_CLAIM = text(f"""
+WITH c AS (
+    UPDATE {_M} SET
+        status = 'running',
+        attempts = attempts + 1,
+        lease_until = :lease_until,
+        claimed_by = :worker,
+        recovered_from = CASE WHEN status = 'running' THEN coalesce(claimed_by, '?') END,
+        updated_at = :now
+    WHERE id = :id
+      AND (status IN ('queued', 'retrying') OR (status = 'running' AND lease_until < :now))
+    RETURNING attempts, redrives, recovered_from
+), lost AS (
+    INSERT INTO {_A} (message_id, number, redrive, worker, ended_at, outcome, error)
+    SELECT :id, attempts - 1, redrives, recovered_from, :now, 'lost', :lost_error
+    FROM c WHERE recovered_from IS NOT NULL
+)
+SELECT attempts, redrives, recovered_from FROM c
+""")
+
+
+def _autocommit(engine: Engine) -> Engine:
+    # One statement is atomic on its own: no BEGIN/COMMIT round trips around it.
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def claim(engine: Engine, message_id: str, *, worker: str, now: float, lease_s: float) -> Any:
+    """The claim row (attempts, redrives, recovered_from) or ``None``."""
+    with _autocommit(engine).connect() as conn:
+        return conn.execute(
+            _CLAIM,
+            {
+                "id": message_id,
+                "worker": worker,
+                "now": now,
+                "lease_until": now + lease_s,
+                "lost_error": LOST_ERROR,
+            },
+        ).one_or_none()
+
+
+def finish(
+    engine: Engine,
+    message_id: str,
+    *,
+    attempt: int,
+    values: dict[str, Any],
+    attempt_row: dict[str, Any],
+) -> bool:
+    """Move the fenced row on with ``values`` and insert its attempt: one statement."""
+    assignments = ", ".join(f"{column} = :v_{column}" for column in values)
+    columns = ", ".join(attempt_row)
+    placeholders = ", ".join(f":a_{column}" for column in attempt_row)
+    statement = text(f"""
+WITH m AS (
+    UPDATE {_M} SET {assignments}
+    WHERE id = :id AND status = 'running' AND attempts = :attempt
+    RETURNING 1
+)
+INSERT INTO {_A} ({columns}) VALUES ({placeholders})
+RETURNING (SELECT count(*) FROM m)
+""")
+    params = {"id": message_id, "attempt": attempt}
+    params.update({f"v_{k}": v for k, v in values.items()})
+    params.update({f"a_{k}": v for k, v in attempt_row.items()})
+    with _autocommit(engine).connect() as conn:
+        return bool(conn.execute(statement, params).scalar())

@@ -1,0 +1,113 @@
+"""The store's race-deciding statements, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+import storage
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("pg_database")
+    engine = storage.engine_for(url)
+    storage.create_schema(engine)
+    yield engine
+    storage.dispose_engines()
+
+
+def _new(engine: Engine, key: str | None = None) -> str:
+    message_id = str(uuid.uuid4())
+    storage.insert_messages(
+        engine,
+        [
+            storage.NewMessage(
+                id=message_id,
+                idempotency_key=key or message_id,
+                correlation_id=message_id,
+                parent_id=None,
+                sender="a",
+                receiver="b",
+                priority=5,
+                envelope="{}",
+                created_at=time.time(),
+                expires_at=None,
+            )
+        ],
+    )
+    return message_id
+
+
+def test_a_claimed_row_cannot_be_claimed_again_until_its_lease_expires(engine: Engine) -> None:
+    message_id = _new(engine)
+    now = time.time()
+    first = storage.claim(engine, message_id, worker="w1", now=now, lease_s=10)
+    assert first == storage.Claim(attempt=1, redrive=0, recovered_from=None)
+    assert storage.claim(engine, message_id, worker="w2", now=now + 5, lease_s=10) is None
+    # After the lease, another worker takes over and the lost attempt is recorded
+    second = storage.claim(engine, message_id, worker="w2", now=now + 11, lease_s=10)
+    assert second == storage.Claim(attempt=2, redrive=0, recovered_from="w1")
+    [lost] = storage.attempts_of(engine, [message_id])
+    assert (lost.number, lost.outcome, lost.worker) == (1, "lost", "w1")
+    # The first worker's late completion is fenced off; the second one's counts
+    assert not storage.complete(
+        engine, message_id, claim_=first, worker="w1", started_at=now, now=now + 12, reply='"late"'
+    )
+    assert storage.complete(
+        engine,
+        message_id,
+        claim_=second,
+        worker="w2",
+        started_at=now + 11,
+        now=now + 12,
+        reply='"ok"',
+    )
+    row = storage.get_message(engine, message_id)
+    assert row is not None
+    assert (row.status, row.reply, row.attempts) == ("delivered", '"ok"', 2)
+    assert storage.claim(engine, message_id, worker="w3", now=now + 100, lease_s=10) is None
+
+
+def test_a_repeated_idempotency_key_returns_the_first_message(engine: Engine) -> None:
+    first = _new(engine, key="k-1")
+    again = storage.insert_messages(
+        engine,
+        [
+            storage.NewMessage(
+                id=str(uuid.uuid4()),
+                idempotency_key="k-1",
+                correlation_id="c",
+                parent_id=None,
+                sender="a",
+                receiver="b",
+                priority=5,
+                envelope="{}",
+                created_at=time.time(),
+                expires_at=None,
+            )
+        ],
+    )
+    assert again == [storage.Inserted(first, True, "queued")]
+
+
+def test_sweeper_queries_find_expired_leases_and_overdue_rows(engine: Engine) -> None:
+    running, waiting = _new(engine), _new(engine)
+    now = time.time()
+    storage.claim(engine, running, worker="w1", now=now, lease_s=1)
+    assert storage.recover_expired(engine, now=now + 0.5, grace_s=5) == []
+    [recovered] = storage.recover_expired(engine, now=now + 2, grace_s=5)
+    assert recovered.message_id == running
+    assert [a.outcome for a in storage.attempts_of(engine, [running])] == ["lost"]
+    overdue = storage.overdue(engine, now=now + 3, grace_s=2)
+    assert [r.message_id for r in overdue] == [waiting]
+    # Republished once per grace period, not on every sweep
+    assert storage.overdue(engine, now=now + 3.5, grace_s=2) == []
