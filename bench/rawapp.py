@@ -5,6 +5,11 @@ Configured from environment variables set by ``bench/throughput.py``:
 * ``BENCH_REDIS_URL``: the broker (and the Redis the task counts in).
 * ``BENCH_KEY``: prefix of this run's counter keys (``<key>:done``, ``:start``, ``:end``).
 * ``BENCH_N``: how many tasks the run expects (the task that counts to N stamps the end).
+* ``BENCH_RAW_CONFIG``: a comma-separated list of agentpost's Celery settings to
+  copy onto this app, to price them one by one (default: none, the minimal app):
+  ``events`` (worker task events + task-sent events), ``priority`` (kombu's Redis
+  priority queues with 10 steps, and a priority on every task), ``time_limit``
+  (a hard time limit per task), ``agentpost`` (all three).
 
 The task does the least that lets the benchmark see it without a result backend:
 one pipelined round trip (``SET start NX`` + ``INCR done``) per task, plus one
@@ -20,24 +25,60 @@ from typing import Any
 import redis
 from celery import Celery
 
-__all__ = ["NOOP_TASK", "app", "noop"]
+__all__ = ["NOOP_TASK", "app", "make_app", "parse_config", "send_options"]
 
 NOOP_TASK = "bench.noop"
+_OPTIONS = ("events", "priority", "time_limit")
 
-app = Celery("bench_raw")
-app.conf.update(
-    broker_url=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5"),
-    broker_connection_retry_on_startup=True,
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    worker_hijack_root_logger=False,
-    timezone="UTC",
-    enable_utc=True,
-)
+
+def parse_config(value: str) -> frozenset[str]:
+    """``"events,priority"`` -> the set of agentpost settings to copy (``agentpost``: all)."""
+    parts = {p.strip() for p in value.split(",") if p.strip()}
+    if "agentpost" in parts:
+        parts = (parts - {"agentpost"}) | set(_OPTIONS)
+    unknown = parts - set(_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown raw config option(s) {sorted(unknown)}; use {_OPTIONS}")
+    return frozenset(parts)
+
+
+def send_options(config: frozenset[str]) -> dict[str, Any]:
+    """Publish options matching the configuration (the agentpost client sends priority 4)."""
+    return {"priority": 4} if "priority" in config else {}
+
+
+def make_app(broker_url: str, config: frozenset[str] = frozenset()) -> Celery:
+    """The minimal app, plus the chosen agentpost settings."""
+    app = Celery("bench_raw")
+    app.conf.update(
+        broker_url=broker_url,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        timezone="UTC",
+        enable_utc=True,
+    )
+    if "events" in config:
+        app.conf.update(worker_send_task_events=True, task_send_sent_event=True)
+    if "priority" in config:
+        # As worker/transports.py configures Redis for agentpost.
+        app.conf.broker_transport_options = {
+            "visibility_timeout": 3600.0,
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(10)),
+            "socket_timeout": 30,
+            "socket_connect_timeout": 10,
+        }
+    if "time_limit" in config:
+        app.conf.task_time_limit = 300.0
+    app.task(name=NOOP_TASK, ignore_result=True, acks_late=True)(noop)
+    return app
+
 
 _redis: dict[int, redis.Redis] = {}
 
@@ -51,7 +92,6 @@ def _conn() -> redis.Redis:
     return conn
 
 
-@app.task(name=NOOP_TASK, ignore_result=True, acks_late=True)  # type: ignore[untyped-decorator]
 def noop(*_args: Any, **_kwargs: Any) -> None:
     """Count this run; the first task stamps the start, the N-th the end."""
     started = time.time()
@@ -62,3 +102,10 @@ def noop(*_args: Any, **_kwargs: Any) -> None:
     _, done = pipe.execute()
     if done == int(os.environ["BENCH_N"]):
         _conn().set(f"{key}:end", repr(time.time()))
+
+
+# The app `celery -A bench.rawapp worker` runs.
+app = make_app(
+    os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5"),
+    parse_config(os.environ.get("BENCH_RAW_CONFIG", "")),
+)

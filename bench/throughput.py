@@ -126,11 +126,24 @@ def cpu_snapshot(worker_pid: int) -> dict[str, float]:
         if pid in stats:
             tree += stats[pid][2]
         todo.extend(children.get(pid, []))
-    return {
+    snap = {
         "worker": tree,
         "postgres": sum(cpu for comm, _, cpu in stats.values() if comm.startswith("postgres")),
         "redis": sum(cpu for comm, _, cpu in stats.values() if comm.startswith("redis-server")),
+        "bench": stats.get(os.getpid(), ("", 0, 0.0))[2],
     }
+    # Everything else the machine did meanwhile (other users' jobs: noise).
+    snap["other"] = machine_busy_s() - sum(snap.values())
+    # The worker's main process alone (consumer, acks, events): part of "worker".
+    snap["worker_main"] = stats.get(worker_pid, ("", 0, 0.0))[2]
+    return snap
+
+
+def machine_busy_s() -> float:
+    """Busy CPU seconds of the whole machine since boot (/proc/stat, all but idle/iowait)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 def cpu_per_message(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
@@ -152,10 +165,8 @@ def stop_worker(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
     if proc.poll() is None:
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
     # Pool children may outlive a killed parent: clear the whole group.
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -170,6 +181,7 @@ def wait_for(
     timeout_s: float,
     interval_s: float,
     log: Path,
+    describe: Callable[[], str] = lambda: "",
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Poll ``probe() -> (started, done)``; CPU snapshots at first start and at done."""
     deadline = time.monotonic() + timeout_s
@@ -182,10 +194,14 @@ def wait_for(
             at_end = cpu_snapshot(proc.pid)
             return at_start or at_end, at_end
         if proc.poll() is not None:
-            raise RuntimeError(f"worker exited ({proc.returncode}); see {log}:\n"
-                               + log.read_text()[-3000:])
+            raise RuntimeError(
+                f"worker exited ({proc.returncode}); see {log}:\n" + log.read_text()[-3000:]
+            )
         if time.monotonic() > deadline:
-            raise TimeoutError(f"drain not finished after {timeout_s}s; see {log}")
+            raise TimeoutError(
+                f"drain not finished after {timeout_s}s ({describe()}); "
+                f"worker log {log}:\n" + log.read_text()[-3000:]
+            )
         time.sleep(interval_s)
 
 
@@ -220,85 +236,155 @@ def fresh_database(admin_url: str, name: str) -> Iterator[str]:
 # -- raw Celery ----------------------------------------------------------------------
 
 
-def run_raw(args: argparse.Namespace, token: str, repeat: int, workdir: Path) -> Run:
+def queue_length(r: redis.Redis, queue: str) -> int:
+    """Messages in a kombu Redis queue, across its priority lists (``queue\x06\x16N``)."""
+    return sum(r.llen(k) for k in [queue, *(f"{queue}\x06\x16{p}" for p in range(1, 10))])
+
+
+def run_raw(
+    args: argparse.Namespace,
+    token: str,
+    repeat: int,
+    workdir: Path,
+    system: str = "raw",
+    config: frozenset[str] = frozenset(),
+) -> Run:
     from bench import rawapp  # noqa: PLC0415
 
     n, r = args.messages, redis.Redis.from_url(args.redis_url)
-    queue = f"bench.{token}.raw{repeat}"
-    key = f"bench:{token}:raw{repeat}"
-    app = rawapp.app
-    app.conf.broker_url = args.redis_url
+    tag = system.replace("+", "-").replace(",", "-")
+    queue = f"bench.{token}.{tag}{repeat}"
+    key = f"bench:{token}:{tag}{repeat}"
+    app = rawapp.make_app(args.redis_url, config)
+    options = rawapp.send_options(config)
 
-    t0 = time.perf_counter()
-    for _ in range(n):
-        app.send_task(rawapp.NOOP_TASK, queue=queue)
-    enqueue_s = time.perf_counter() - t0
-    queued = r.llen(queue)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            app.send_task(rawapp.NOOP_TASK, queue=queue, **options)
+        enqueue_s = time.perf_counter() - t0
+    finally:
+        app.close()
+    queued = queue_length(r, queue)
     if queued != n:
-        raise RuntimeError(f"raw: {queued} tasks in {queue}, expected {n}")
+        raise RuntimeError(f"{system}: {queued} tasks in {queue}, expected {n}")
 
-    env = child_env({"BENCH_REDIS_URL": args.redis_url, "BENCH_KEY": key, "BENCH_N": str(n)})
+    env = child_env(
+        {
+            "BENCH_REDIS_URL": args.redis_url,
+            "BENCH_KEY": key,
+            "BENCH_N": str(n),
+            "BENCH_RAW_CONFIG": ",".join(sorted(config)),
+        }
+    )
     argv = [
-        sys.executable, "-m", "celery", "-A", "bench.rawapp", "worker",
-        "-c", str(args.concurrency), "-P", "prefork", "--without-mingle", "--without-gossip",
-        "-Q", queue, "-l", "WARNING", "-n", f"bench-{token}-raw{repeat}@%h",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "bench.rawapp",
+        "worker",
+        "-c",
+        str(args.concurrency),
+        "-P",
+        "prefork",
+        "--without-mingle",
+        "--without-gossip",
+        "-Q",
+        queue,
+        "-l",
+        "WARNING",
+        "-n",
+        f"bench-{token}-{tag}{repeat}@%h",
     ]
-    log = workdir / f"raw{repeat}.log"
+    log = workdir / f"{tag}{repeat}.log"
     spawned = time.time()
     proc = start_worker(argv, env, log)
     try:
+
         def probe() -> tuple[bool, bool]:
             start, done = r.mget(f"{key}:start", f"{key}:done")
             return start is not None, done is not None and int(done) >= n
 
-        before, after = wait_for(probe, proc=proc, timeout_s=args.timeout, interval_s=0.02,
-                                 log=log)
+        before, after = wait_for(
+            probe,
+            proc=proc,
+            timeout_s=args.timeout,
+            interval_s=0.02,
+            log=log,
+            describe=lambda: f"done={r.get(f'{key}:done')!r}",
+        )
     finally:
         stop_worker(proc)
     start, end, done = (r.get(f"{key}:{k}") for k in ("start", "end", "done"))
     assert start is not None and end is not None and done is not None
     first, last = float(start), float(end)
-    return Run("raw", repeat, n, enqueue_s, last - first, first - spawned, last - spawned,
-               cpu_per_message(before, after, n), {"executed": int(done)})
+    return Run(
+        system,
+        repeat,
+        n,
+        enqueue_s,
+        last - first,
+        first - spawned,
+        last - spawned,
+        cpu_per_message(before, after, n),
+        {"executed": int(done)},
+    )
 
 
 # -- agentpost -----------------------------------------------------------------------
 
 
 def run_agentpost(
-    args: argparse.Namespace, token: str, repeat: int, workdir: Path, db_url: str
+    args: argparse.Namespace,
+    token: str,
+    repeat: int,
+    workdir: Path,
+    db_url: str,
+    system: str = "agentpost",
+    variant: tuple[str, ...] = (),
 ) -> Run:
     import storage  # noqa: PLC0415
+    from bench.variant_worker import apply_variant  # noqa: PLC0415
     from messaging.client import Client  # noqa: PLC0415
     from messaging.settings import Settings  # noqa: PLC0415
+    from worker.app import create_app  # noqa: PLC0415
     from worker.routing import inbox_name  # noqa: PLC0415
 
     n = args.messages
-    home = workdir / f"agentpost{repeat}"
+    tag = system.replace("+", "-").replace(",", "-")
+    namespace = f"b{token}-{tag.replace('agentpost', 'ap')}{repeat}."  # <= 32 characters
+    home = workdir / f"{tag}{repeat}"
     agentpost_env = {
         "AGENTPOST_BROKER_URL": args.redis_url,
         "AGENTPOST_DATABASE_URL": db_url,
-        "AGENTPOST_NAMESPACE": f"b{token}a{repeat}.",
+        "AGENTPOST_NAMESPACE": namespace,
         "AGENTPOST_HOME": str(home),
+        "BENCH_AGENTPOST_VARIANT": ",".join(variant),
     }
     settings = Settings(
-        broker_url=args.redis_url, database_url=db_url, namespace=f"b{token}a{repeat}.",
+        broker_url=args.redis_url,
+        database_url=db_url,
+        namespace=namespace,
         home=home,
     )
     engine = storage.engine_for(settings.database)
     storage.create_schema(engine)
     with engine.begin() as conn:  # fresh state for every repeat
-        conn.execute(text(
-            "TRUNCATE agentpost_messages, agentpost_attempts, agentpost_agents RESTART IDENTITY"
-        ))
+        conn.execute(
+            text(
+                "TRUNCATE agentpost_messages, agentpost_attempts, agentpost_agents RESTART IDENTITY"
+            )
+        )
     # The worker registers its agents when it is ready; the client refuses unknown
     # receivers, so register the inbox here, as that worker would.
-    storage.register_agents(engine, [("noop", inbox_name("noop", settings))], kind="handler",
-                            now=time.time())
+    storage.register_agents(
+        engine, [("noop", inbox_name("noop", settings))], kind="handler", now=time.time()
+    )
 
-    client = Client(settings)
+    # The Celery app is built outside the timed loop (as a long-lived client has it).
+    client = Client(settings, app=apply_variant(create_app(settings), variant))
     try:
-        _ = client.app  # build the Celery app outside the timed loop
         t0 = time.perf_counter()
         for i in range(n):
             client.send("noop", {"i": i}, sender="bench")
@@ -313,11 +399,19 @@ def run_agentpost(
         raise RuntimeError(f"agentpost: {queued} queued messages, expected {n}")
 
     argv = [
-        sys.executable, "-m", "messaging.cli", "worker", "bench.agents",
-        "-c", str(args.concurrency), "--loglevel", "WARNING",
-        "--hostname", f"bench-{token}-agentpost{repeat}@%h",
+        sys.executable,
+        "-m",
+        "bench.variant_worker" if variant else "messaging.cli",
+        "worker",
+        "bench.agents",
+        "-c",
+        str(args.concurrency),
+        "--loglevel",
+        "WARNING",
+        "--hostname",
+        f"bench-{token}-{tag}{repeat}@%h",
     ]
-    log = workdir / f"agentpost{repeat}.log"
+    log = workdir / f"{tag}{repeat}.log"
     spawned = time.time()
     proc = start_worker(argv, child_env(agentpost_env), log)
     counts = text(
@@ -325,23 +419,42 @@ def run_agentpost(
         "count(*) FILTER (WHERE status = 'delivered') FROM agentpost_messages"
     )
     try:
+
         def probe() -> tuple[bool, bool]:
             with engine.connect() as conn:
                 taken, delivered = conn.execute(counts).one()
             return taken > 0, delivered >= n
 
-        before, after = wait_for(probe, proc=proc, timeout_s=args.timeout, interval_s=0.05,
-                                 log=log)
+        def describe() -> str:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    text("SELECT status, count(*) FROM agentpost_messages GROUP BY status")
+                ).all()
+            return "messages by status: " + ", ".join(f"{s} {c}" for s, c in rows)
+
+        before, after = wait_for(
+            probe, proc=proc, timeout_s=args.timeout, interval_s=0.05, log=log, describe=describe
+        )
     finally:
         stop_worker(proc)
     with engine.connect() as conn:
-        first, last, attempts, delivered = conn.execute(text(
-            "SELECT min(started_at), max(ended_at), count(*), "
-            "count(*) FILTER (WHERE outcome = 'delivered') FROM agentpost_attempts"
-        )).one()
-    return Run("agentpost", repeat, n, enqueue_s, last - first, first - spawned, last - spawned,
-               cpu_per_message(before, after, n),
-               {"attempts": attempts, "delivered_attempts": delivered})
+        first, last, attempts, delivered = conn.execute(
+            text(
+                "SELECT min(started_at), max(ended_at), count(*), "
+                "count(*) FILTER (WHERE outcome = 'delivered') FROM agentpost_attempts"
+            )
+        ).one()
+    return Run(
+        system,
+        repeat,
+        n,
+        enqueue_s,
+        last - first,
+        first - spawned,
+        last - spawned,
+        cpu_per_message(before, after, n),
+        {"attempts": attempts, "delivered_attempts": delivered},
+    )
 
 
 # -- Redis cleanup -------------------------------------------------------------------
@@ -376,42 +489,95 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def report(runs: list[Run], args: argparse.Namespace) -> str:
-    raw = [r for r in runs if r.system == "raw"]
-    ap = [r for r in runs if r.system == "agentpost"]
+LABELS = {
+    "raw": "raw Celery no-op (send_task)",
+    "agentpost": "agentpost no-op (Client.send)",
+}
 
-    def row(label: str, rs: list[Run]) -> str:
-        cpu = {k: median([r.cpu_ms[k] for r in rs]) for k in rs[0].cpu_ms}
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table, columns padded to their widest cell."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
         return (
-            f"| {label:<30} | {median([r.drain_rate for r in rs]):>9.0f} "
-            f"| {median([r.drain_s for r in rs]):>7.2f} "
-            f"| {median([r.enqueue_rate for r in rs]):>10.0f} "
-            f"| {median([r.startup_s for r in rs]):>9.2f} "
-            f"| {cpu['worker']:>10.3f} | {cpu['postgres']:>8.3f} | {cpu['redis']:>8.3f} |"
+            "| "
+            + " | ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+            + " |"
         )
 
+    return [
+        line(header),
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+        *(line(r) for r in rows),
+    ]
+
+
+def report(runs: list[Run], args: argparse.Namespace) -> str:
+    systems = list(dict.fromkeys(r.system for r in runs))
+    by_system = {name: [r for r in runs if r.system == name] for name in systems}
+
+    def med(name: str, attr: str) -> float:
+        return median([getattr(r, attr) for r in by_system[name]])
+
+    def cpu(name: str, part: str) -> str:
+        return f"{median([r.cpu_ms[part] for r in by_system[name]]):.2f}"
+
+    header = [
+        "system",
+        "drain msg/s",
+        "drain s",
+        "enqueue msg/s",
+        "worker startup s",
+        "CPU ms/msg: worker",
+        "(main proc)",
+        "PostgreSQL",
+        "Redis",
+        "bench",
+        "other",
+    ]
+    parts = ("worker", "worker_main", "postgres", "redis", "bench", "other")
+    rows = [
+        [
+            LABELS.get(name, name),
+            f"{med(name, 'drain_rate'):.0f}",
+            f"{med(name, 'drain_s'):.2f}",
+            f"{med(name, 'enqueue_rate'):.0f}",
+            f"{med(name, 'startup_s'):.2f}",
+            *(cpu(name, part) for part in parts),
+        ]
+        for name in systems
+    ]
     lines = [
         f"N={args.messages} messages, concurrency={args.concurrency} (prefork), "
-        f"repeats={args.repeats}; medians",
+        f"repeats={args.repeats}: medians",
         "",
-        "| system                         | drain/s   | drain s | enqueue/s  | startup s "
-        "| worker CPU | PG CPU   | Redis CPU |",
-        "|                                |           |         |            |           "
-        "| ms/msg     | ms/msg   | ms/msg   |",
-        "|--------------------------------|-----------|---------|------------|-----------"
-        "|------------|----------|----------|",
-        row("raw Celery no-op (send_task)", raw),
-        row("agentpost no-op (Client.send)", ap),
+        *table(header, rows),
         "",
-        f"drain ratio agentpost/raw:   {median([r.drain_rate for r in ap]) / median([r.drain_rate for r in raw]):.3f}",  # noqa: E501
-        f"enqueue ratio agentpost/raw: {median([r.enqueue_rate for r in ap]) / median([r.enqueue_rate for r in raw]):.3f}",  # noqa: E501
+        "CPU ms/msg: CPU time spent during the drain (first task start to all done) by the",
+        "worker process tree (of which its main process: consumer, acks, task events),",
+        "PostgreSQL, Redis, this script (polling) and everything else on the machine",
+        "('other': noise from other jobs), divided by N; /proc tick resolution is 10 ms.",
         "",
-        "per repeat (drain/s, enqueue/s):",
     ]
+    if "raw" in by_system and "agentpost" in by_system:
+        lines += [
+            "drain ratio agentpost/raw:   "
+            f"{med('agentpost', 'drain_rate') / med('raw', 'drain_rate'):.3f}",
+            "enqueue ratio agentpost/raw: "
+            f"{med('agentpost', 'enqueue_rate') / med('raw', 'enqueue_rate'):.3f}",
+            "",
+        ]
+    lines.append("per repeat:")
     for r in runs:
-        lines.append(f"  {r.system:<9} #{r.repeat}: drain {r.drain_rate:7.0f}/s "
-                     f"({r.drain_s:.2f}s)  enqueue {r.enqueue_rate:7.0f}/s  "
-                     f"startup {r.startup_s:.2f}s  {r.extra}")
+        lines.append(
+            f"  {r.system:<12} #{r.repeat}: drain {r.drain_rate:6.0f}/s "
+            f"({r.drain_s:5.2f}s)  enqueue {r.enqueue_rate:6.0f}/s  "
+            f"startup {r.startup_s:.2f}s  other CPU {r.cpu_ms['other']:.2f} ms/msg  {r.extra}"
+        )
     return "\n".join(lines)
 
 
@@ -421,10 +587,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", "-r", type=int, default=3)
     parser.add_argument("--concurrency", "-c", type=int, default=2)
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS))
-    parser.add_argument("--pg-admin-url",
-                        default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_PG_ADMIN),
-                        help="a database to connect to for CREATE/DROP DATABASE")
+    parser.add_argument(
+        "--pg-admin-url",
+        default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_PG_ADMIN),
+        help="a database to connect to for CREATE/DROP DATABASE",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="per drain, seconds")
+    parser.add_argument(
+        "--raw-variant",
+        action="append",
+        default=[],
+        metavar="OPTIONS",
+        help="also run the raw app with some of agentpost's Celery settings, e.g. "
+        "'events', 'priority', 'time_limit' or 'agentpost' (all); repeatable",
+    )
+    parser.add_argument(
+        "--agentpost-variant",
+        action="append",
+        default=[],
+        metavar="VARIANT",
+        help="also run agentpost with a Celery setting changed (bench/variant_worker.py), "
+        "e.g. 'no-events'; repeatable",
+    )
     parser.add_argument("--json", type=Path, help="also write every run to this file")
     parser.add_argument("--keep-logs", action="store_true", help="keep the worker logs")
     args = parser.parse_args(argv)
@@ -433,30 +617,52 @@ def main(argv: list[str] | None = None) -> int:
     for key in [k for k in os.environ if k.startswith("AGENTPOST_")]:
         del os.environ[key]
 
+    from bench.rawapp import parse_config  # noqa: PLC0415
+    from bench.variant_worker import parse_variant  # noqa: PLC0415
+
+    # (name, kind, raw app settings or agentpost variant), interleaved in every repeat.
+    systems: list[tuple[str, str, Any]] = [("raw", "raw", frozenset())]
+    for value in args.raw_variant:
+        config = parse_config(value)
+        systems.append(("raw+" + ",".join(sorted(config)), "raw", config))
+    systems.append(("agentpost", "agentpost", ()))
+    for value in args.agentpost_variant:
+        names = parse_variant(value)
+        systems.append(("agentpost+" + ",".join(names), "agentpost", names))
+
     token = secrets.token_hex(4)
     workdir = Path(tempfile.mkdtemp(prefix=f"agentpost-bench-{token}-"))
     db_name = f"agentpost_bench_{token}"
-    print(f"run {token}: redis {args.redis_url}, database {db_name}, logs {workdir}",
-          file=sys.stderr)
+    print(
+        f"run {token}: redis {args.redis_url}, database {db_name}, logs {workdir}", file=sys.stderr
+    )
     runs: list[Run] = []
+    load_before = os.getloadavg()
+    if load_before[0] > 0.5:
+        print(
+            f"warning: load average {load_before[0]:.2f}: other jobs will skew the figures",
+            file=sys.stderr,
+        )
     started = time.monotonic()
     failed = True
     try:
         with fresh_database(args.pg_admin_url, db_name) as db_url:
             for repeat in range(args.repeats):
-                for system in ("raw", "agentpost"):
-                    if system == "raw":
-                        run = run_raw(args, token, repeat, workdir)
+                for system, kind, config in systems:
+                    if kind == "agentpost":
+                        run = run_agentpost(args, token, repeat, workdir, db_url, system, config)
                     else:
-                        run = run_agentpost(args, token, repeat, workdir, db_url)
+                        run = run_raw(args, token, repeat, workdir, system, config)
                     runs.append(run)
-                    print(f"  {system:<9} #{repeat}: drain {run.drain_rate:7.0f}/s, "
-                          f"enqueue {run.enqueue_rate:7.0f}/s, {run.extra}", file=sys.stderr)
+                    print(
+                        f"  {system:<12} #{repeat}: drain {run.drain_rate:7.0f}/s, "
+                        f"enqueue {run.enqueue_rate:7.0f}/s, {run.extra}",
+                        file=sys.stderr,
+                    )
         failed = False
     finally:
         removed = clean_redis(args.redis_url, token)
-        print(f"cleanup: dropped {db_name}, removed {removed} redis keys/members",
-              file=sys.stderr)
+        print(f"cleanup: dropped {db_name}, removed {removed} redis keys/members", file=sys.stderr)
         if failed:
             print(f"worker logs kept in {workdir}", file=sys.stderr)
         elif not args.keep_logs:
@@ -467,11 +673,20 @@ def main(argv: list[str] | None = None) -> int:
                 folder.rmdir()
             workdir.rmdir()
     print(report(runs, args))
-    print(f"\nwall time {time.monotonic() - started:.0f}s")
+    print(
+        f"\nwall time {time.monotonic() - started:.0f}s; load average before "
+        f"{load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} (1 min); {os.cpu_count()} CPUs"
+    )
     if args.json:
-        args.json.write_text(json.dumps(
-            [{**asdict(r), "enqueue_rate": r.enqueue_rate, "drain_rate": r.drain_rate}
-             for r in runs], indent=2))
+        args.json.write_text(
+            json.dumps(
+                [
+                    {**asdict(r), "enqueue_rate": r.enqueue_rate, "drain_rate": r.drain_rate}
+                    for r in runs
+                ],
+                indent=2,
+            )
+        )
     return 0
 
 
