@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     backoff_max_s: float = Field(default=600.0, ge=0)
     backoff_jitter: bool = True
     visibility_timeout_s: float = Field(default=3600.0, gt=0)
+    task_events: bool = Field(
+        default=True, description="Celery task events (Flower's live view); cost ~35% drain"
+    )
     filesystem_polling_s: float = Field(default=0.1, gt=0)
     agent_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     alert_hook: str = Field(default="", description="'module:callable' called on dead letters")

@@ -8,13 +8,15 @@ path shows in throughput (DESIGN: measured on the project machine).
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, TextClause, text
 
 from storage.tables import Attempt, Message, table_of
 
-__all__ = ["claim", "finish"]
+__all__ = ["claim", "finish", "insert_one"]
 
 _M = table_of(Message).name
 _A = table_of(Attempt).name
@@ -41,9 +43,22 @@ SELECT attempts, redrives, recovered_from FROM c
 """)
 
 
+_autocommit_engines: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
+
+
 def _autocommit(engine: Engine) -> Engine:
     # One statement is atomic on its own: no BEGIN/COMMIT round trips around it.
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
+    found = _autocommit_engines.get(engine)
+    if found is None:
+        found = engine.execution_options(isolation_level="AUTOCOMMIT")
+        _autocommit_engines[engine] = found
+    return found
+
+
+def insert_one(engine: Engine, statement: Any) -> Any:
+    """Run one INSERT ... ON CONFLICT DO NOTHING RETURNING id outside a transaction."""
+    with _autocommit(engine).connect() as conn:
+        return conn.execute(statement).scalar()
 
 
 def claim(engine: Engine, message_id: str, *, worker: str, now: float, lease_s: float) -> Any:
@@ -70,10 +85,23 @@ def finish(
     attempt_row: dict[str, Any],
 ) -> bool:
     """Move the fenced row on with ``values`` and insert its attempt: one statement."""
-    assignments = ", ".join(f"{column} = :v_{column}" for column in values)
-    columns = ", ".join(attempt_row)
-    placeholders = ", ".join(f":a_{column}" for column in attempt_row)
-    statement = text(f"""
+    statement = _finish_statement(tuple(values), tuple(attempt_row))
+    params = {"id": message_id, "attempt": attempt}
+    params.update({f"v_{k}": v for k, v in values.items()})
+    params.update({f"a_{k}": v for k, v in attempt_row.items()})
+    with _autocommit(engine).connect() as conn:
+        return bool(conn.execute(statement, params).scalar())
+
+
+@cache
+def _finish_statement(
+    value_columns: tuple[str, ...], attempt_columns: tuple[str, ...]
+) -> TextClause:
+    # A handful of column sets exist (delivered, retry, dead): built once each.
+    assignments = ", ".join(f"{column} = :v_{column}" for column in value_columns)
+    columns = ", ".join(attempt_columns)
+    placeholders = ", ".join(f":a_{column}" for column in attempt_columns)
+    return text(f"""
 WITH m AS (
     UPDATE {_M} SET {assignments}
     WHERE id = :id AND status = 'running' AND attempts = :attempt
@@ -82,8 +110,3 @@ WITH m AS (
 INSERT INTO {_A} ({columns}) VALUES ({placeholders})
 RETURNING (SELECT count(*) FROM m)
 """)
-    params = {"id": message_id, "attempt": attempt}
-    params.update({f"v_{k}": v for k, v in values.items()})
-    params.update({f"a_{k}": v for k, v in attempt_row.items()})
-    with _autocommit(engine).connect() as conn:
-        return bool(conn.execute(statement, params).scalar())

@@ -110,44 +110,57 @@ def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted
     whether this call created the row (``rowcount`` is unreliable for it on
     psycopg 3), and only a duplicate pays for the lookup of the first message.
     """
+    if len(rows) == 1 and engine.dialect.name == "postgresql":
+        # The common single send: one autocommit statement, a lookup only if repeated.
+        row = rows[0]
+        new_id = postgres.insert_one(engine, _insert_statement(postgresql.insert, row))
+        if new_id is not None:
+            return [Inserted(new_id, False, "queued")]
+        with engine.connect() as conn:
+            return [_first_holder(conn, row.idempotency_key)]
     results: list[Inserted] = []
     with engine.begin() as conn:
         insert = _insert(conn)
         for row in rows:
-            values = {
-                "id": row.id,
-                "idempotency_key": row.idempotency_key,
-                "correlation_id": row.correlation_id,
-                "parent_id": row.parent_id,
-                "sender": row.sender,
-                "receiver": row.receiver,
-                "priority": row.priority,
-                "status": "queued",
-                "envelope": row.envelope,
-                "attempts": 0,
-                "redrives": 0,
-                "created_at": row.created_at,
-                "updated_at": row.created_at,
-                "due_at": row.created_at,
-                "expires_at": row.expires_at,
-            }
-            stmt = (
-                insert(MESSAGES)
-                .values(values)
-                .on_conflict_do_nothing(index_elements=["idempotency_key"])
-                .returning(MESSAGES.c.id)
-            )
-            new_id = conn.execute(stmt).scalar()
+            new_id = conn.execute(_insert_statement(insert, row)).scalar()
             if new_id is not None:
                 results.append(Inserted(new_id, False, "queued"))
-                continue
-            first = conn.execute(
-                select(MESSAGES.c.id, MESSAGES.c.status).where(
-                    MESSAGES.c.idempotency_key == row.idempotency_key
-                )
-            ).one()
-            results.append(Inserted(first.id, True, first.status))
+            else:
+                results.append(_first_holder(conn, row.idempotency_key))
     return results
+
+
+def _insert_statement(insert: Any, row: NewMessage) -> Any:
+    values = {
+        "id": row.id,
+        "idempotency_key": row.idempotency_key,
+        "correlation_id": row.correlation_id,
+        "parent_id": row.parent_id,
+        "sender": row.sender,
+        "receiver": row.receiver,
+        "priority": row.priority,
+        "status": "queued",
+        "envelope": row.envelope,
+        "attempts": 0,
+        "redrives": 0,
+        "created_at": row.created_at,
+        "updated_at": row.created_at,
+        "due_at": row.created_at,
+        "expires_at": row.expires_at,
+    }
+    return (
+        insert(MESSAGES)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(MESSAGES.c.id)
+    )
+
+
+def _first_holder(conn: Connection, key: str) -> Inserted:
+    first = conn.execute(
+        select(MESSAGES.c.id, MESSAGES.c.status).where(MESSAGES.c.idempotency_key == key)
+    ).one()
+    return Inserted(first.id, True, first.status)
 
 
 def claim(

@@ -51,8 +51,10 @@ def create_app(settings: Settings | None = None) -> AgentpostCelery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Flower's live task view; AGENTPOST_TASK_EVENTS=false saves three publishes a
+        # delivery (Flower's --enable-events still turns them on at run time).
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         task_default_queue=f"{settings.namespace}agentpost.default",
         task_queues=(sweeper_queue(settings),),

@@ -7,6 +7,7 @@ it into Celery's language (return, ``self.retry``, or an exception for FAILURE).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
@@ -63,9 +64,14 @@ def backoff_delay_s(
     return delay
 
 
+@functools.cache
+def _host() -> str:
+    return socket.gethostname()
+
+
 def worker_identity() -> str:
     """``host:pid`` of this process, recorded on claims and attempts."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{_host()}:{os.getpid()}"
 
 
 def deliver_envelope(app: AgentpostCelery, raw: Any, *, client: Client) -> Outcome:
