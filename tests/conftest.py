@@ -34,6 +34,9 @@ from messaging import Client, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("embedded", "redis", "amqp")
+# The console script the README tells users to run (installed by `pip install -e .`).
+_SCRIPT = Path(sys.executable).with_name("agentpost")
+AGENTPOST = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "messaging.cli"]
 
 # Short timings so recovery paths take seconds (the paths are the real ones).
 FAST = {
@@ -180,9 +183,7 @@ def start_worker(backend: Backend) -> Callable[..., Worker]:
     def start(*extra: str, argv: list[str] | None = None, wait: bool = True) -> Worker:
         log = backend.spool.parent / f"worker-{len(backend.workers)}.log"
         cmd = argv or [
-            sys.executable,
-            "-m",
-            "messaging.cli",
+            *AGENTPOST,
             "worker",
             "tests.agents",
             "--beat",

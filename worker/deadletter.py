@@ -86,7 +86,7 @@ def _alert(hook: str, letter: DeadLetter) -> None:
 
     def call() -> None:
         try:
-            symbol_by_name(hook.replace(":", ".") if ":" not in hook else hook)(letter)
+            symbol_by_name(hook)(letter)  # "pkg.module:func" or "pkg.module.func"
         except Exception:
             log.exception("alert hook %s failed for %s", hook, letter.message_id)
 
