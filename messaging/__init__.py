@@ -13,19 +13,24 @@ from messaging.errors import (
     DeadLettered,
     DeliveryError,
     InvalidEnvelope,
+    LeaseExpired,
     MessageNotFound,
     PayloadTooLarge,
     PermanentError,
+    RequestFailed,
+    RequestTimeout,
     StoreUnavailable,
     UnknownAgent,
 )
-from messaging.results import AttemptInfo, MessageState, SendResult
+from messaging.mailbox import Mailbox, ReceivedMessage
+from messaging.results import AgentInfo, AttemptInfo, MessageState, Reply, SendResult
 from messaging.settings import Settings
 
 __all__ = [
     "JSON",
     "PRIORITIES",
     "SCHEMA_VERSION",
+    "AgentInfo",
     "AgentSpec",
     "AgentpostError",
     "AttemptInfo",
@@ -37,11 +42,17 @@ __all__ = [
     "DeliveryError",
     "Envelope",
     "InvalidEnvelope",
+    "LeaseExpired",
+    "Mailbox",
     "MessageNotFound",
     "MessageState",
     "PayloadTooLarge",
     "PermanentError",
     "Priority",
+    "ReceivedMessage",
+    "Reply",
+    "RequestFailed",
+    "RequestTimeout",
     "SendResult",
     "Settings",
     "StoreUnavailable",

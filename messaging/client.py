@@ -18,15 +18,19 @@ from typing import TYPE_CHECKING, Any, overload
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 import storage
-from messaging.envelope import Envelope, Priority, dump_json
+from messaging.envelope import Envelope, Priority, dump_json, validate_agent_name
 from messaging.errors import (
     InvalidEnvelope,
     MessageNotFound,
+    RequestFailed,
+    RequestTimeout,
     StoreUnavailable,
     UnknownAgent,
 )
-from messaging.results import MessageState, SendResult
+from messaging.mailbox import Mailbox
+from messaging.results import AgentInfo, MessageState, Reply, SendResult
 from messaging.settings import Settings
+from messaging.topics import fan_out, match_subscribers, validate_pattern, validate_topic
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -67,7 +71,7 @@ class Client:
             base = Settings(**{**base.model_dump(), **overrides})
         self.settings = base
         self._app = app
-        self._known: frozenset[str] = frozenset()
+        self._known: dict[str, str] = {}  # agent name -> kind
         with self._store():
             storage.create_schema(self._engine)
 
@@ -179,7 +183,8 @@ class Client:
                 ) from exc
         results = []
         for (env, wire), outcome in zip(checked, inserted, strict=True):
-            if not outcome.duplicate:
+            # Mailbox agents pull from the store: nothing to publish for them.
+            if not outcome.duplicate and self._known.get(env.receiver) != "mailbox":
                 self._publish(str(env.id), env.receiver, env.priority, wire)
             results.append(
                 SendResult(
@@ -198,11 +203,16 @@ class Client:
     def _require_agent(self, name: str) -> None:
         if name in self._known:
             return
-        with self._store():
-            self._known = frozenset(a.name for a in storage.list_agents(self._engine))
+        self._refresh_agents()
         if name not in self._known:
             known = ", ".join(sorted(self._known)) or "none yet: start a worker first"
             raise UnknownAgent(f"unknown agent {name!r} (registered: {known})")
+
+    def _refresh_agents(self) -> list[storage.Agent]:
+        with self._store():
+            rows = storage.list_agents(self._engine)
+        self._known = {a.name: a.kind for a in rows}
+        return rows
 
     def _publish(self, message_id: str, receiver: str, priority: int, wire: dict[str, Any]) -> None:
         from worker.routing import publish_delivery  # noqa: PLC0415
@@ -273,10 +283,181 @@ class Client:
             log.warning("redriven message %s not published (%s); the sweeper will", message_id, exc)
         return SendResult(message_id=message_id, duplicate=False, status="queued")
 
-    def agents(self) -> list[str]:
-        """Names of the registered agents."""
+    def agents(self) -> list[AgentInfo]:
+        """Every registered agent (handler agents register when a worker serving them starts)."""
+        return [AgentInfo.from_row(row) for row in self._refresh_agents()]
+
+    # -- mailbox agents -----------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        *,
+        max_retries: int | None = None,
+        backoff_s: float | None = None,
+        backoff_max_s: float | None = None,
+    ) -> AgentInfo:
+        """Register a mailbox agent: it pulls its messages with ``client.mailbox(name)``."""
+        validate_agent_name(name)
         with self._store():
-            return [a.name for a in storage.list_agents(self._engine)]
+            storage.register_mailbox(
+                self._engine,
+                name,
+                now=time.time(),
+                max_retries=max_retries,
+                backoff_s=backoff_s,
+                backoff_max_s=backoff_max_s,
+            )
+        return next(a for a in self.agents() if a.name == name)
+
+    def mailbox(self, name: str) -> Mailbox:
+        """The pull mailbox of a registered mailbox agent.
+
+        Raises:
+            UnknownAgent: ``name`` is not registered as a mailbox agent.
+        """
+        self._require_agent(name)
+        if self._known.get(name) != "mailbox":
+            raise UnknownAgent(
+                f"agent {name!r} is a handler agent served by workers, not a mailbox: "
+                "register a mailbox agent with client.register(name)"
+            )
+        return Mailbox(self, name)
+
+    def _mailbox_options(self, name: str) -> storage.Agent:
+        row = next((a for a in self._refresh_agents() if a.name == name), None)
+        if row is None:
+            raise UnknownAgent(f"unknown agent {name!r}")
+        return row
+
+    # -- request / reply -------------------------------------------------------
+
+    def request(
+        self,
+        receiver: str,
+        payload: Any = None,
+        *,
+        sender: str,
+        timeout_s: float,
+        correlation_id: str | None = None,
+        idempotency_key: str | None = None,
+        priority: Priority = "normal",
+        metadata: dict[str, Any] | None = None,
+    ) -> Reply:
+        """Send a message and wait for its reply.
+
+        Raises:
+            RequestTimeout: no reply within ``timeout_s`` (it carries the message id;
+                the request is still delivered, fetch the reply with ``result``).
+            RequestFailed: the request ended dead.
+        """
+        sent = self.send(
+            receiver,
+            payload,
+            sender=sender,
+            correlation_id=correlation_id,
+            idempotency_key=idempotency_key,
+            priority=priority,
+            metadata=metadata,
+        )
+        return self.result(sent.message_id, timeout_s=timeout_s)
+
+    def result(self, message_id: str, *, timeout_s: float = 0.0) -> Reply:
+        """The reply of a delivered message, waiting up to ``timeout_s`` for it."""
+        deadline = time.monotonic() + timeout_s
+        pause = 0.002
+        while True:
+            state = self.status(message_id)
+            if state.status == "delivered":
+                return Reply.of(state)
+            if state.status == "dead":
+                raise RequestFailed(
+                    f"request {message_id} is dead ({state.dead_reason}): {state.error}",
+                    message_id=message_id,
+                    reason=state.dead_reason,
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RequestTimeout(
+                    f"no reply to {message_id} within {timeout_s} s (status {state.status}); "
+                    "it will still be delivered: client.result(message_id, timeout_s=...)",
+                    message_id=message_id,
+                )
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.05)
+
+    # -- fan-out ---------------------------------------------------------------
+
+    def broadcast(
+        self,
+        payload: Any = None,
+        *,
+        sender: str,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        priority: Priority = "normal",
+        ttl_s: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[SendResult]:
+        """One tracked message to every registered agent except the sender."""
+        recipients = sorted(name for name in self._refresh_agents_names() if name != sender)
+        return self.send_many(
+            fan_out(
+                recipients,
+                payload,
+                sender=sender,
+                idempotency_key=idempotency_key,
+                correlation_id=correlation_id,
+                priority=priority,
+                ttl_s=ttl_s,
+                metadata=metadata,
+            )
+        )
+
+    def subscribe(self, agent: str, pattern: str) -> bool:
+        """Subscribe a registered agent to topics matching the glob ``pattern``."""
+        validate_pattern(pattern)
+        self._require_agent(agent)
+        with self._store():
+            return storage.subscribe(self._engine, agent, pattern, now=time.time())
+
+    def unsubscribe(self, agent: str, pattern: str) -> bool:
+        """Remove a subscription; False if there was none."""
+        with self._store():
+            return storage.unsubscribe(self._engine, agent, pattern)
+
+    def publish(
+        self,
+        topic: str,
+        payload: Any = None,
+        *,
+        sender: str,
+        idempotency_key: str | None = None,
+        correlation_id: str | None = None,
+        priority: Priority = "normal",
+        ttl_s: float | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[SendResult]:
+        """One tracked message per agent subscribed to ``topic`` (``[]`` if none)."""
+        validate_topic(topic)
+        with self._store():
+            subs = storage.subscriptions(self._engine)
+        recipients = match_subscribers(topic, ((s.agent, s.pattern) for s in subs))
+        return self.send_many(
+            fan_out(
+                recipients,
+                payload,
+                sender=sender,
+                idempotency_key=idempotency_key,
+                correlation_id=correlation_id,
+                priority=priority,
+                ttl_s=ttl_s,
+                metadata={**(metadata or {}), "topic": topic},
+            )
+        )
+
+    def _refresh_agents_names(self) -> list[str]:
+        return [a.name for a in self._refresh_agents()]
 
     def close(self) -> None:
         """Release the broker connections of this client."""

@@ -58,8 +58,12 @@ def run_demo(home: Path, *, timeout_s: float = 120.0) -> int:
     )
     try:
         client = Client(settings)
-        _wait(lambda: set(client.agents()) >= EXAMPLE_AGENTS, timeout_s, "worker start")
-        console.print(f"worker pid {worker.pid} serves: {', '.join(sorted(client.agents()))}")
+
+        def names() -> set[str]:
+            return {a.name for a in client.agents()}
+
+        _wait(lambda: names() >= EXAMPLE_AGENTS, timeout_s, "worker start")
+        console.print(f"worker pid {worker.pid} serves: {', '.join(sorted(names()))}")
 
         chain = client.send("researcher", {"topic": "celery retries"}, sender="demo")
         poison = client.send(

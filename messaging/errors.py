@@ -8,11 +8,14 @@
     │   └── PayloadTooLarge                  over AGENTPOST_MAX_PAYLOAD_BYTES
     ├── UnknownAgent (LookupError)           a receiver that no agent has registered
     ├── MessageNotFound (LookupError)        no such message (or not in a state for that call)
+    ├── RequestTimeout (TimeoutError)        no reply in time; carries the message id
+    ├── RequestFailed                        the request ended dead; carries id, reason, error
     ├── StoreUnavailable (ConnectionError)   the database did not answer
     ├── BrokerUnavailable (ConnectionError)  the broker did not answer
     └── DeliveryError                        raised on the worker side
         ├── PermanentError                   raise it in a handler to dead-letter at once
-        └── DeadLettered                     the final failure of a delivery task
+        ├── DeadLettered                     the final failure of a delivery task
+        └── LeaseExpired                     a mailbox ack/nack/reply after the lease was lost
 
 Redis, kombu, SQLAlchemy and Celery errors are translated into these at the
 boundary (``raise ... from exc``).
@@ -27,9 +30,12 @@ __all__ = [
     "DeadLettered",
     "DeliveryError",
     "InvalidEnvelope",
+    "LeaseExpired",
     "MessageNotFound",
     "PayloadTooLarge",
     "PermanentError",
+    "RequestFailed",
+    "RequestTimeout",
     "StoreUnavailable",
     "UnknownAgent",
 ]
@@ -77,3 +83,27 @@ class PermanentError(DeliveryError):
 
 class DeadLettered(DeliveryError):
     """The final failure of a delivery: the message is dead (its reason and last error)."""
+
+
+class RequestTimeout(AgentpostError, TimeoutError):
+    """No reply within the timeout; the request is still delivered later.
+
+    Fetch its reply then with ``client.result(exc.message_id, timeout_s=...)``.
+    """
+
+    def __init__(self, message: str, *, message_id: str) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+
+
+class RequestFailed(AgentpostError):
+    """The request will never get a reply: it ended dead."""
+
+    def __init__(self, message: str, *, message_id: str, reason: str | None) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+        self.reason = reason
+
+
+class LeaseExpired(DeliveryError):
+    """A mailbox message was acked, nacked or replied to after its lease was taken over."""

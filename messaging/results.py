@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 import storage
 
-__all__ = ["AttemptInfo", "MessageState", "SendResult", "Status"]
+__all__ = ["AgentInfo", "AttemptInfo", "MessageState", "Reply", "SendResult", "Status"]
 
 Status = Literal["queued", "running", "retrying", "delivered", "dead", "sent"]
 
@@ -102,3 +102,50 @@ class MessageState(BaseModel):
 
 def _dt(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+class AgentInfo(BaseModel):
+    """A registered agent."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    kind: Literal["handler", "mailbox"]
+    queue: str
+    registered_at: datetime
+    last_seen_at: datetime
+
+    @classmethod
+    def from_row(cls, row: storage.Agent) -> AgentInfo:
+        return cls(
+            name=row.name,
+            kind=row.kind,
+            queue=row.queue,
+            registered_at=_dt(row.registered_at) or datetime.now(UTC),
+            last_seen_at=_dt(row.last_seen_at) or datetime.now(UTC),
+        )
+
+
+class Reply(BaseModel):
+    """The answer to a request: the handler's return value or a mailbox ``reply``.
+
+    It keeps the request's correlation id and names the request as its parent.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    payload: Any
+    sender: str
+    receiver: str
+    correlation_id: str
+    parent_id: str
+
+    @classmethod
+    def of(cls, state: MessageState) -> Reply:
+        return cls(
+            payload=state.reply,
+            sender=state.receiver,
+            receiver=state.sender,
+            correlation_id=state.correlation_id,
+            parent_id=state.message_id,
+        )

@@ -12,8 +12,10 @@ from storage.repository import (
     Inserted,
     NewMessage,
     Republish,
+    Taken,
     attempts_of,
     claim,
+    claim_next,
     complete,
     dead_letters,
     get_message,
@@ -21,14 +23,19 @@ from storage.repository import (
     list_agents,
     mark_dead,
     overdue,
+    peek,
     recover_expired,
     redrive,
     register_agents,
+    register_mailbox,
     schedule_retry,
+    subscribe,
+    subscriptions,
     trace,
+    unsubscribe,
 )
 from storage.schema import create_schema, drop_schema
-from storage.tables import Agent, Attempt, Message
+from storage.tables import Agent, Attempt, Message, Subscription
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -39,8 +46,11 @@ __all__ = [
     "Message",
     "NewMessage",
     "Republish",
+    "Subscription",
+    "Taken",
     "attempts_of",
     "claim",
+    "claim_next",
     "complete",
     "create_schema",
     "dead_letters",
@@ -52,9 +62,14 @@ __all__ = [
     "list_agents",
     "mark_dead",
     "overdue",
+    "peek",
     "recover_expired",
     "redrive",
     "register_agents",
+    "register_mailbox",
     "schedule_retry",
+    "subscribe",
+    "subscriptions",
     "trace",
+    "unsubscribe",
 ]

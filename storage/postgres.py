@@ -84,7 +84,11 @@ def finish(
     values: dict[str, Any],
     attempt_row: dict[str, Any],
 ) -> bool:
-    """Move the fenced row on with ``values`` and insert its attempt: one statement."""
+    """Move the fenced row on with ``values`` and insert its attempt: one statement.
+
+    Fenced off (another claim took the row over), nothing changes: that attempt was
+    already recorded as lost by the takeover.
+    """
     statement = _finish_statement(tuple(values), tuple(attempt_row))
     params = {"id": message_id, "attempt": attempt}
     params.update({f"v_{k}": v for k, v in values.items()})
@@ -107,6 +111,6 @@ WITH m AS (
     WHERE id = :id AND status = 'running' AND attempts = :attempt
     RETURNING 1
 )
-INSERT INTO {_A} ({columns}) VALUES ({placeholders})
-RETURNING (SELECT count(*) FROM m)
+INSERT INTO {_A} ({columns}) SELECT {placeholders} FROM m
+RETURNING 1
 """)

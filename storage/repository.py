@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from storage import postgres
-from storage.tables import Agent, Attempt, Message, table_of
+from storage.tables import Agent, Attempt, Message, Subscription, table_of
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -26,8 +26,10 @@ __all__ = [
     "Inserted",
     "NewMessage",
     "Republish",
+    "Taken",
     "attempts_of",
     "claim",
+    "claim_next",
     "complete",
     "dead_letters",
     "get_message",
@@ -35,16 +37,22 @@ __all__ = [
     "list_agents",
     "mark_dead",
     "overdue",
+    "peek",
     "recover_expired",
     "redrive",
     "register_agents",
+    "register_mailbox",
     "schedule_retry",
+    "subscribe",
+    "subscriptions",
     "trace",
+    "unsubscribe",
 ]
 
 MESSAGES = table_of(Message)
 ATTEMPTS = table_of(Attempt)
 AGENTS = table_of(Agent)
+SUBSCRIPTIONS = table_of(Subscription)
 
 ACTIVE_STATUSES = ("queued", "running", "retrying")
 _CLAIMABLE = ("queued", "retrying")
@@ -259,7 +267,8 @@ def _finish(
         changed = conn.execute(
             update(MESSAGES).where(_fenced(message_id, claim_.attempt)).values(**values)
         ).rowcount
-        conn.execute(ATTEMPTS.insert().values(**attempt_row))
+        if changed:  # fenced off: the takeover already recorded this attempt as lost
+            conn.execute(ATTEMPTS.insert().values(**attempt_row))
     return bool(changed)
 
 
@@ -363,7 +372,11 @@ def recover_expired(engine: Engine, *, now: float, grace_s: float) -> list[Repub
                 MESSAGES.c.receiver,
                 MESSAGES.c.priority,
                 MESSAGES.c.envelope,
-            ).where(MESSAGES.c.status == "running", MESSAGES.c.lease_until < now)
+            ).where(
+                MESSAGES.c.status == "running",
+                MESSAGES.c.lease_until < now,
+                _served_by_workers(),
+            )
         ).all()
         recovered: list[Republish] = []
         for row in rows:
@@ -389,6 +402,12 @@ def recover_expired(engine: Engine, *, now: float, grace_s: float) -> list[Repub
     return recovered
 
 
+def _served_by_workers() -> Any:
+    # Mailbox agents pull from the store: their rows are never published to a queue.
+    mailboxes = select(AGENTS.c.name).where(AGENTS.c.kind == "mailbox")
+    return MESSAGES.c.receiver.not_in(mailboxes)
+
+
 def overdue(engine: Engine, *, now: float, grace_s: float, limit: int = 1000) -> list[Republish]:
     """Queued or retrying rows whose task is overdue by ``grace_s``: its publish was lost.
 
@@ -398,7 +417,11 @@ def overdue(engine: Engine, *, now: float, grace_s: float, limit: int = 1000) ->
     with engine.begin() as conn:
         rows = conn.execute(
             select(MESSAGES.c.id, MESSAGES.c.receiver, MESSAGES.c.priority, MESSAGES.c.envelope)
-            .where(MESSAGES.c.status.in_(_CLAIMABLE), MESSAGES.c.due_at < now - grace_s)
+            .where(
+                MESSAGES.c.status.in_(_CLAIMABLE),
+                MESSAGES.c.due_at < now - grace_s,
+                _served_by_workers(),
+            )
             .order_by(MESSAGES.c.due_at)
             .limit(limit)
         ).all()
@@ -495,3 +518,152 @@ def list_agents(engine: Engine) -> list[Agent]:
     with engine.connect() as conn:
         rows = conn.execute(select(AGENTS).order_by(AGENTS.c.name)).all()
     return [Agent.model_validate(r._mapping) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A message taken from a mailbox: its claim and its stored envelope."""
+
+    message_id: str
+    claim: Claim
+    envelope: str
+    expires_at: float | None
+
+
+def _claimable(now: float) -> Any:
+    return or_(
+        and_(MESSAGES.c.status.in_(_CLAIMABLE), MESSAGES.c.due_at <= now),
+        and_(MESSAGES.c.status == "running", MESSAGES.c.lease_until < now),
+    )
+
+
+def claim_next(
+    engine: Engine, receiver: str, *, worker: str, now: float, lease_s: float
+) -> Taken | None:
+    """Claim the most urgent, then oldest, claimable message of ``receiver``.
+
+    The candidate is chosen in a subquery and re-checked by the UPDATE itself, so
+    two receivers never take the same row; on PostgreSQL ``SKIP LOCKED`` lets
+    them take different rows at once instead of queueing behind one another.
+    """
+    candidate = (
+        select(MESSAGES.c.id)
+        .where(MESSAGES.c.receiver == receiver, _claimable(now))
+        .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
+        .limit(1)
+    )
+    if engine.dialect.name == "postgresql":
+        candidate = candidate.with_for_update(skip_locked=True)
+    stmt = (
+        update(MESSAGES)
+        .where(MESSAGES.c.id == candidate.scalar_subquery(), _claimable(now))
+        .values(
+            status="running",
+            attempts=MESSAGES.c.attempts + 1,
+            lease_until=now + lease_s,
+            claimed_by=worker,
+            recovered_from=case(
+                (MESSAGES.c.status == "running", func.coalesce(MESSAGES.c.claimed_by, "?")),
+                else_=None,
+            ),
+            updated_at=now,
+        )
+        .returning(
+            MESSAGES.c.id,
+            MESSAGES.c.attempts,
+            MESSAGES.c.redrives,
+            MESSAGES.c.recovered_from,
+            MESSAGES.c.envelope,
+            MESSAGES.c.expires_at,
+        )
+    )
+    with engine.begin() as conn:
+        row = conn.execute(stmt).one_or_none()
+        if row is None:
+            return None
+        if row.recovered_from is not None:
+            conn.execute(
+                ATTEMPTS.insert().values(
+                    message_id=row.id,
+                    number=row.attempts - 1,
+                    redrive=row.redrives,
+                    worker=row.recovered_from,
+                    ended_at=now,
+                    outcome="lost",
+                    error=postgres.LOST_ERROR,
+                )
+            )
+    claim_ = Claim(row.attempts, row.redrives, row.recovered_from)
+    return Taken(row.id, claim_, row.envelope, row.expires_at)
+
+
+def peek(engine: Engine, receiver: str, *, now: float, limit: int) -> list[Message]:
+    """The next ``limit`` messages ``claim_next`` would take, without taking them."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(MESSAGES)
+            .where(MESSAGES.c.receiver == receiver, _claimable(now))
+            .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
+            .limit(limit)
+        ).all()
+    return [Message.model_validate(r._mapping) for r in rows]
+
+
+def register_mailbox(
+    engine: Engine,
+    name: str,
+    *,
+    now: float,
+    max_retries: int | None,
+    backoff_s: float | None,
+    backoff_max_s: float | None,
+) -> None:
+    """Upsert a mailbox agent with its retry options."""
+    options = {"max_retries": max_retries, "backoff_s": backoff_s, "backoff_max_s": backoff_max_s}
+    with engine.begin() as conn:
+        stmt = _insert(conn)(AGENTS).values(
+            name=name,
+            kind="mailbox",
+            queue="store",
+            registered_at=now,
+            last_seen_at=now,
+            **options,
+        )
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["name"],
+                set_={"kind": "mailbox", "queue": "store", "last_seen_at": now, **options},
+            )
+        )
+
+
+def subscribe(engine: Engine, agent: str, pattern: str, *, now: float) -> bool:
+    """Add a subscription; False if it existed."""
+    with engine.begin() as conn:
+        created = conn.execute(
+            _insert(conn)(SUBSCRIPTIONS)
+            .values(agent=agent, pattern=pattern, created_at=now)
+            .on_conflict_do_nothing(index_elements=["agent", "pattern"])
+            .returning(SUBSCRIPTIONS.c.agent)
+        ).scalar()
+    return created is not None
+
+
+def unsubscribe(engine: Engine, agent: str, pattern: str) -> bool:
+    """Remove a subscription; False if there was none."""
+    with engine.begin() as conn:
+        removed = conn.execute(
+            SUBSCRIPTIONS.delete().where(
+                SUBSCRIPTIONS.c.agent == agent, SUBSCRIPTIONS.c.pattern == pattern
+            )
+        ).rowcount
+    return bool(removed)
+
+
+def subscriptions(engine: Engine) -> list[Subscription]:
+    """Every subscription."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(SUBSCRIPTIONS).order_by(SUBSCRIPTIONS.c.agent, SUBSCRIPTIONS.c.pattern)
+        ).all()
+    return [Subscription.model_validate(r._mapping) for r in rows]

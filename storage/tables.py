@@ -12,7 +12,7 @@ from sqlalchemy import Column, Index, Text
 from sqlalchemy import Table as SATable
 from sqlmodel import Field, SQLModel
 
-__all__ = ["Agent", "Attempt", "Message", "table_of"]
+__all__ = ["Agent", "Attempt", "Message", "Subscription", "table_of"]
 
 
 class Message(SQLModel, table=True):
@@ -78,6 +78,20 @@ class Agent(SQLModel, table=True):
     queue: str = Field(max_length=255)
     registered_at: float
     last_seen_at: float
+    # Retry options of a mailbox agent (handler agents keep theirs in code).
+    max_retries: int | None = None
+    backoff_s: float | None = None
+    backoff_max_s: float | None = None
+
+
+class Subscription(SQLModel, table=True):
+    """An agent's subscription to topics matching a glob pattern."""
+
+    __tablename__ = "agentpost_subscriptions"
+
+    agent: str = Field(primary_key=True, max_length=64)
+    pattern: str = Field(primary_key=True, max_length=255)
+    created_at: float
 
 
 def table_of(model: type[SQLModel]) -> SATable:

@@ -6,6 +6,7 @@ can count exactly how many times a handler ran, across processes and crashes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -94,3 +95,10 @@ def alert(letter: Any) -> None:
     """The alert hook the suite configures: it records each dead letter."""
     with (_spool() / "alerts.log").open("a") as fh:
         fh.write(json.dumps({"id": letter.message_id, "reason": letter.reason}) + "\n")
+
+
+@agent("asyncecho")
+async def asyncecho(msg: Envelope, ctx: Context) -> Any:
+    _record(msg, ctx, "run")
+    await asyncio.sleep(0.01)
+    return {"async": msg.payload}

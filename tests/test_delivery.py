@@ -370,7 +370,7 @@ def test_plain_celery_command_line_serves_an_agent(
     )
     client = backend.client()
     # Then it registered just the agent whose inbox it consumes, and delivers to it
-    assert client.agents() == ["echo"]
+    assert [(a.name, a.kind) for a in client.agents()] == [("echo", "handler")]
     sent = client.send("echo", [1, 2, 3], sender="tester")
     state = wait_final(client, sent.message_id)
     assert (state.status, state.reply) == ("delivered", [1, 2, 3])

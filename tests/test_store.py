@@ -74,6 +74,8 @@ def test_a_claimed_row_cannot_be_claimed_again_until_its_lease_expires(engine: E
     row = storage.get_message(engine, message_id)
     assert row is not None
     assert (row.status, row.reply, row.attempts) == ("delivered", '"ok"', 2)
+    outcomes = [(a.number, a.outcome) for a in storage.attempts_of(engine, [message_id])]
+    assert outcomes == [(1, "lost"), (2, "delivered")]
     assert storage.claim(engine, message_id, worker="w3", now=now + 100, lease_s=10) is None
 
 
