@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from messaging.agents import AgentSpec, agent
+from messaging.async_client import AsyncClient, AsyncMailbox
 from messaging.client import Client
 from messaging.context import Context
 from messaging.envelope import JSON, PRIORITIES, SCHEMA_VERSION, Envelope, Priority
@@ -33,6 +34,8 @@ __all__ = [
     "AgentInfo",
     "AgentSpec",
     "AgentpostError",
+    "AsyncClient",
+    "AsyncMailbox",
     "AttemptInfo",
     "BrokerUnavailable",
     "Client",

@@ -12,7 +12,6 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import storage
@@ -116,15 +115,6 @@ class Mailbox:
                 return None
             time.sleep(min(pause, remaining))
             pause = min(pause * 2, _POLL_MAX_S)
-
-    async def __aiter__(self) -> AsyncIterator[ReceivedMessage]:
-        """``async for msg in mailbox``: waits for messages without blocking the loop."""
-        import asyncio  # noqa: PLC0415
-
-        while True:
-            message = await asyncio.to_thread(self.receive, timeout_s=1.0)
-            if message is not None:
-                yield message
 
     def peek(self, limit: int = 10) -> list[MessageState]:
         """The next ``limit`` messages ``receive`` would return, without taking them."""

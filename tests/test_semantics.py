@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,7 +14,14 @@ from collections.abc import Callable
 
 import pytest
 
-from messaging import LeaseExpired, Reply, RequestTimeout, UnknownAgent
+from messaging import (
+    AsyncClient,
+    Envelope,
+    LeaseExpired,
+    Reply,
+    RequestTimeout,
+    UnknownAgent,
+)
 from tests.conftest import ROOT, Backend, Worker, wait_final, wait_for
 
 pytestmark = pytest.mark.slow
@@ -203,3 +211,49 @@ def test_expired_messages_are_dead_lettered_never_handled(
         state = wait_final(client, message_id)
         assert (state.status, state.dead_reason) == ("dead", "expired")
     assert backend.runs("echo") == []
+
+
+def test_urgent_messages_overtake_a_queued_backlog(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given 200 low messages queued before 5 urgent ones, and no worker running yet
+    start_worker().stop()
+    client = backend.client()
+    low = client.send_many(
+        [Envelope(sender="t", receiver="echo", payload=n, priority="low") for n in range(200)]
+    )
+    urgent = client.send_many(
+        [
+            Envelope(sender="t", receiver="echo", payload=f"u{n}", priority="urgent")
+            for n in range(5)
+        ]
+    )
+    # When one worker with one process drains the inbox
+    start_worker("--agents", "echo", "--concurrency", "1")
+    for sent in urgent:
+        wait_final(client, sent.message_id)
+    wait_for(lambda: len(backend.runs("echo")) >= 15, 60, "15 deliveries")
+    # Then every urgent message was among the first 15 handled
+    first = [r["id"] for r in backend.runs("echo")[:15]]
+    assert {s.message_id for s in urgent} <= set(first)
+    assert len(low) == 200
+
+
+def test_async_client_and_async_mailbox(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    start_worker("--agents", "asyncecho")
+
+    async def scenario() -> tuple[object, object, object]:
+        async with AsyncClient(backend.settings) as aclient:
+            reply = await aclient.request("asyncecho", "hi", sender="a", timeout_s=30)
+            await aclient.register("abox")
+            sent = await aclient.send("abox", {"n": 1}, sender="a")
+            mailbox = await aclient.mailbox("abox")
+            async for message in mailbox:
+                message.reply("seen")
+                break
+            late = await aclient.result(sent.message_id, timeout_s=5)
+            return reply.payload, message.message_id == sent.message_id, late.payload
+
+    assert asyncio.run(scenario()) == ({"async": "hi"}, True, "seen")

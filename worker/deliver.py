@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
 import logging
 import os
 import random
@@ -24,10 +25,11 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 import storage
 from messaging.agents import AgentSpec, get_agent
 from messaging.context import Context
-from messaging.envelope import dump_json, parse_envelope
+from messaging.envelope import Envelope, dump_json, parse_envelope
 from messaging.errors import DeadLettered, InvalidEnvelope, PermanentError
 from worker.deadletter import dead_letter
 from worker.routing import DELIVER_TASK
+from worker.transports import profile_for
 
 if TYPE_CHECKING:
     from messaging.client import Client
@@ -100,17 +102,33 @@ def deliver_envelope(app: AgentpostCelery, raw: Any, *, client: Client) -> Outco
         )
         return Outcome("skipped", message_id, error="no handler in this worker")
 
-    if envelope.expires_at is not None and envelope.expires_at.timestamp() <= now:
-        error = f"expired at {envelope.expires_at.isoformat()} before a handler took it"
-        if storage.mark_dead(engine, message_id, reason="expired", error=error, now=now):
-            dead_letter(app, raw, reason="expired", error=error, attempts=0)
-        return Outcome("dead", message_id, reason="expired", error=error)
-
     worker = worker_identity()
-    claim = storage.claim(engine, message_id, worker=worker, now=now, lease_s=settings.lease_s)
-    if claim is None:
-        # Delivered, dead, or running under a live lease: this task is a duplicate.
-        return Outcome("skipped", message_id)
+    if profile_for(settings.broker).has_priorities:
+        if _expired(envelope, now):
+            error = _expired_error(envelope)
+            if storage.mark_dead(engine, message_id, reason="expired", error=error, now=now):
+                dead_letter(app, raw, reason="expired", error=error, attempts=0)
+            return Outcome("dead", message_id, reason="expired", error=error)
+        claim = storage.claim(engine, message_id, worker=worker, now=now, lease_s=settings.lease_s)
+        if claim is None:
+            # Delivered, dead, or running under a live lease: this task is a duplicate.
+            return Outcome("skipped", message_id)
+    else:
+        # The broker cannot order by priority (filesystem): this task is a token for
+        # the receiver's most urgent due message, which the store picks.
+        taken = storage.claim_next(
+            engine, envelope.receiver, worker=worker, now=now, lease_s=settings.lease_s
+        )
+        if taken is None:
+            return Outcome("skipped", message_id)
+        message_id, claim, raw = taken.message_id, taken.claim, json.loads(taken.envelope)
+        try:
+            envelope = parse_envelope(raw)
+        except InvalidEnvelope as exc:
+            return _dead(app, raw, claim, worker, now, reason="invalid", error=str(exc), tb=None)
+        if _expired(envelope, now):
+            error = _expired_error(envelope)
+            return _dead(app, raw, claim, worker, now, reason="expired", error=error, tb=None)
 
     max_retries = spec.max_retries if spec.max_retries is not None else settings.max_retries
     if claim.attempt > max_retries + 1:
@@ -167,6 +185,15 @@ def deliver_envelope(app: AgentpostCelery, raw: Any, *, client: Client) -> Outco
         reply=reply_json,
     )
     return Outcome("delivered", message_id, claim.attempt)
+
+
+def _expired(envelope: Envelope, now: float) -> bool:
+    return envelope.expires_at is not None and envelope.expires_at.timestamp() <= now
+
+
+def _expired_error(envelope: Envelope) -> str:
+    expires = envelope.expires_at.isoformat() if envelope.expires_at else "?"
+    return f"expired at {expires} before a handler took it"
 
 
 def _run(spec: AgentSpec, envelope: Any, ctx: Context) -> Any:
