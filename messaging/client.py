@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, overload
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 import storage
-from messaging.envelope import Envelope, Priority, dump_json, validate_agent_name
+from messaging.envelope import Delivery, Envelope, Priority, dump_json, validate_agent_name
 from messaging.errors import (
     InvalidEnvelope,
     MessageNotFound,
@@ -108,6 +108,7 @@ class Client:
         ttl_s: float | None = None,
         expires_at: datetime | None = None,
         metadata: dict[str, Any] | None = None,
+        delivery: Delivery = "at-least-once",
     ) -> SendResult: ...
 
     def send(
@@ -124,8 +125,13 @@ class Client:
         ttl_s: float | None = None,
         expires_at: datetime | None = None,
         metadata: dict[str, Any] | None = None,
+        delivery: Delivery = "at-least-once",
     ) -> SendResult:
         """Send one message; a repeated idempotency key returns the first message.
+
+        ``delivery``: ``at-least-once`` (stored, retried, dead-lettered),
+        ``best-effort`` (published without a store row, no retries, no idempotency),
+        ``exactly-once`` (the handler's ``ctx.session`` writes commit with the completion).
 
         Raises:
             InvalidEnvelope: bad names, a payload that is not JSON or too large.
@@ -148,6 +154,7 @@ class Client:
                 ttl_s=ttl_s,
                 expires_at=expires_at,
                 metadata=metadata,
+                delivery=delivery,
             )
         return self.send_many([envelope])[0]
 
@@ -158,6 +165,10 @@ class Client:
         refuses the whole batch.
         """
         checked = [self._check(envelope) for envelope in envelopes]
+        if any(env.delivery == "best-effort" for env, _ in checked):
+            if len(checked) != 1:
+                raise InvalidEnvelope("send best-effort messages one at a time, not in a batch")
+            return [self._send_best_effort(*checked[0])]
         rows = [
             storage.NewMessage(
                 id=str(env.id),
@@ -194,6 +205,15 @@ class Client:
                 )
             )
         return results
+
+    def _send_best_effort(self, env: Envelope, wire: dict[str, Any]) -> SendResult:
+        if self._known.get(env.receiver) == "mailbox":
+            raise InvalidEnvelope(
+                f"best-effort messages go straight to a worker; {env.receiver!r} is a "
+                "mailbox agent: send it at-least-once"
+            )
+        self._publish(str(env.id), env.receiver, env.priority, wire)
+        return SendResult(message_id=str(env.id), duplicate=False, status="sent")
 
     def _check(self, envelope: Envelope) -> tuple[Envelope, dict[str, Any]]:
         envelope.check_size(self.settings.max_payload_bytes)

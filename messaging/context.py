@@ -7,8 +7,11 @@ from typing import TYPE_CHECKING, Any
 from uuid import NAMESPACE_URL, uuid5
 
 from messaging.envelope import Envelope, Priority
+from messaging.errors import DeliveryError
 
 if TYPE_CHECKING:
+    from sqlmodel import Session
+
     from messaging.client import Client
     from messaging.results import SendResult
 
@@ -29,13 +32,33 @@ def child_key(parent_key: str, index: int, explicit: str | None = None) -> str:
 class Context:
     """The delivery context of one attempt."""
 
-    def __init__(self, message: Envelope, *, client: Client, worker: str) -> None:
+    def __init__(
+        self, message: Envelope, *, client: Client, worker: str, session: Session | None = None
+    ) -> None:
         self.message = message
+        self._session = session
         self.attempt = message.attempt
         self.worker = worker
         self.logger = logging.getLogger(f"agentpost.agent.{message.receiver}")
         self._client = client
         self._children = 0
+
+    @property
+    def session(self) -> Session:
+        """The store's database session of an ``exactly-once`` message.
+
+        What the handler writes through it commits in the same transaction that marks
+        the message delivered: once, even across crashes and redeliveries.
+
+        Raises:
+            DeliveryError: the message was not sent ``exactly-once``.
+        """
+        if self._session is None:
+            raise DeliveryError(
+                f"ctx.session exists only for exactly-once messages; this one is "
+                f"{self.message.delivery}: send it with delivery='exactly-once'"
+            )
+        return self._session
 
     @property
     def agent(self) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "JSON",
     "PRIORITIES",
     "SCHEMA_VERSION",
+    "Delivery",
     "Envelope",
     "Priority",
     "dump_json",
@@ -39,9 +40,10 @@ __all__ = [
 ]
 
 JSON: TypeAlias = JsonValue
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 KNOWN_MAJORS = frozenset({1})
 PRIORITIES: dict[str, int] = {"low": 2, "normal": 5, "high": 7, "urgent": 9}
+Delivery: TypeAlias = Literal["best-effort", "at-least-once", "exactly-once"]
 Priority: TypeAlias = Literal["low", "normal", "high", "urgent"] | int
 
 _AGENT_NAME = re.compile(r"^[a-z0-9_.-]{1,64}$")
@@ -111,6 +113,7 @@ class Envelope(BaseModel):
     priority: Annotated[int, BeforeValidator(_priority)] = PRIORITIES["normal"]
     expires_at: datetime | None = None
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    delivery: Delivery = "at-least-once"
     schema_version: str = SCHEMA_VERSION
 
     def __init__(self, **data: Any) -> None:
@@ -163,6 +166,7 @@ class Envelope(BaseModel):
         ttl_s: float | None = None,
         expires_at: datetime | None = None,
         metadata: dict[str, Any] | None = None,
+        delivery: Delivery = "at-least-once",
     ) -> Envelope:
         """Build and validate an envelope, raising ``InvalidEnvelope`` with every problem."""
         if ttl_s is not None:
@@ -179,6 +183,7 @@ class Envelope(BaseModel):
             "priority": priority,
             "expires_at": expires_at,
             "metadata": metadata or {},
+            "delivery": delivery,
         }
         return parse_envelope(fields)
 
@@ -201,7 +206,13 @@ class Envelope(BaseModel):
 
 
 def parse_envelope(data: Any) -> Envelope:
-    """Validate a mapping (or a wire dict) into an ``Envelope`` or raise ``InvalidEnvelope``."""
+    """Validate a mapping (or a wire dict) into an ``Envelope`` or raise ``InvalidEnvelope``.
+
+    Fields this version does not know are dropped: a newer minor version only adds
+    optional fields (an unknown major is refused by ``schema_version``).
+    """
+    if isinstance(data, dict):
+        data = {key: value for key, value in data.items() if key in Envelope.model_fields}
     try:
         return Envelope.model_validate(data)
     except ValidationError as exc:

@@ -12,11 +12,11 @@ from functools import cache
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Engine, TextClause, text
+from sqlalchemy import Connection, Engine, TextClause, text
 
 from storage.tables import Attempt, Message, table_of
 
-__all__ = ["claim", "finish", "insert_one"]
+__all__ = ["claim", "finish", "finish_on", "insert_one"]
 
 _M = table_of(Message).name
 _A = table_of(Attempt).name
@@ -89,12 +89,24 @@ def finish(
     Fenced off (another claim took the row over), nothing changes: that attempt was
     already recorded as lost by the takeover.
     """
+    with _autocommit(engine).connect() as conn:
+        return finish_on(conn, message_id, attempt=attempt, values=values, attempt_row=attempt_row)
+
+
+def finish_on(
+    conn: Connection,
+    message_id: str,
+    *,
+    attempt: int,
+    values: dict[str, Any],
+    attempt_row: dict[str, Any],
+) -> bool:
+    """``finish`` on the caller's connection (inside its transaction, for exactly-once)."""
     statement = _finish_statement(tuple(values), tuple(attempt_row))
     params = {"id": message_id, "attempt": attempt}
     params.update({f"v_{k}": v for k, v in values.items()})
     params.update({f"a_{k}": v for k, v in attempt_row.items()})
-    with _autocommit(engine).connect() as conn:
-        return bool(conn.execute(statement, params).scalar())
+    return bool(conn.execute(statement, params).scalar())
 
 
 @cache

@@ -234,7 +234,7 @@ def _fenced(message_id: str, attempt: int) -> Any:
 
 
 def _finish(
-    engine: Engine,
+    engine: Engine | Connection,
     message_id: str,
     *,
     claim_: Claim,
@@ -259,21 +259,37 @@ def _finish(
         "error": error,
         "traceback": traceback,
     }
+    if isinstance(engine, Connection):
+        return _finish_on(engine, message_id, claim_.attempt, values, attempt_row)
     if engine.dialect.name == "postgresql":
         return postgres.finish(
             engine, message_id, attempt=claim_.attempt, values=values, attempt_row=attempt_row
         )
     with engine.begin() as conn:
-        changed = conn.execute(
-            update(MESSAGES).where(_fenced(message_id, claim_.attempt)).values(**values)
-        ).rowcount
-        if changed:  # fenced off: the takeover already recorded this attempt as lost
-            conn.execute(ATTEMPTS.insert().values(**attempt_row))
+        return _finish_on(conn, message_id, claim_.attempt, values, attempt_row)
+
+
+def _finish_on(
+    conn: Connection,
+    message_id: str,
+    attempt: int,
+    values: dict[str, Any],
+    attempt_row: dict[str, Any],
+) -> bool:
+    if conn.dialect.name == "postgresql":
+        return postgres.finish_on(
+            conn, message_id, attempt=attempt, values=values, attempt_row=attempt_row
+        )
+    changed = conn.execute(
+        update(MESSAGES).where(_fenced(message_id, attempt)).values(**values)
+    ).rowcount
+    if changed:  # fenced off: the takeover already recorded this attempt as lost
+        conn.execute(ATTEMPTS.insert().values(**attempt_row))
     return bool(changed)
 
 
 def complete(
-    engine: Engine,
+    engine: Engine | Connection,
     message_id: str,
     *,
     claim_: Claim,
@@ -282,7 +298,11 @@ def complete(
     now: float,
     reply: str | None,
 ) -> bool:
-    """Mark the message delivered with the handler's reply."""
+    """Mark the message delivered with the handler's reply.
+
+    Given a ``Connection`` it runs inside the caller's transaction: exactly-once
+    delivery commits the handler's own writes and this completion together.
+    """
     return _finish(
         engine,
         message_id,

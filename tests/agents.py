@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import text
 
 from messaging import Context, Envelope, PermanentError, agent
 
@@ -102,3 +105,17 @@ async def asyncecho(msg: Envelope, ctx: Context) -> Any:
     _record(msg, ctx, "run")
     await asyncio.sleep(0.01)
     return {"async": msg.payload}
+
+
+@agent("ledger", max_retries=5)
+def ledger(msg: Envelope, ctx: Context) -> int:
+    # The effect: one ledger row per handler run, written through the store's session.
+    ctx.session.execute(
+        text("INSERT INTO test_ledger (message_id, attempt) VALUES (:m, :a)"),
+        {"m": str(msg.id), "a": ctx.attempt},
+    )
+    ctx.session.flush()
+    _record(msg, ctx, "wrote")
+    if _payload(msg).get("crash_on") == ctx.attempt:
+        os.kill(os.getpid(), signal.SIGKILL)  # between the handler's write and completion
+    return ctx.attempt

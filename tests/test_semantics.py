@@ -13,11 +13,16 @@ import time
 from collections.abc import Callable
 
 import pytest
+from sqlalchemy import text
 
+import storage
 from messaging import (
     AsyncClient,
+    Context,
+    DeliveryError,
     Envelope,
     LeaseExpired,
+    MessageNotFound,
     Reply,
     RequestTimeout,
     UnknownAgent,
@@ -257,3 +262,51 @@ def test_async_client_and_async_mailbox(
             return reply.payload, message.message_id == sent.message_id, late.payload
 
     assert asyncio.run(scenario()) == ({"async": "hi"}, True, "seen")
+
+
+def test_exactly_once_effect_survives_sigkill_between_write_and_completion(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    engine = storage.engine_for(backend.settings.database)
+    storage.create_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE test_ledger (message_id VARCHAR(36), attempt INTEGER)"))
+    start_worker("--agents", "ledger")
+    client = backend.client()
+    # Given handlers killed (SIGKILL of their process) after writing, before completing
+    trials = [
+        client.send("ledger", {"crash_on": 1}, sender="t", delivery="exactly-once").message_id
+        for _ in range(4)
+    ]
+    calm = client.send("ledger", {}, sender="t", delivery="exactly-once").message_id
+    # Then each is delivered on a later attempt, and its effect exists exactly once
+    for message_id in [*trials, calm]:
+        assert wait_final(client, message_id, timeout_s=90).status == "delivered"
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT message_id, attempt FROM test_ledger")).all()
+    effects: dict[str, list[int]] = {}
+    for message_id, attempt in rows:
+        effects.setdefault(message_id, []).append(attempt)
+    assert {m: effects.get(m) for m in trials} == {m: [2] for m in trials}
+    assert effects[calm] == [1]
+    # The killed attempts did write before dying: the rollback is what kept them out
+    assert sum(1 for r in backend.runs("ledger", "wrote") if r["attempt"] == 1) >= 5
+
+
+def test_best_effort_runs_once_without_a_row(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    start_worker("--agents", "echo,doomed")
+    client = backend.client()
+    sent = client.send("echo", "fast", sender="t", delivery="best-effort")
+    assert (sent.status, sent.duplicate) == ("sent", False)
+    wait_for(lambda: backend.runs("echo"), 30, "the best-effort delivery")
+    with pytest.raises(MessageNotFound):
+        client.status(sent.message_id)
+    # A failing best-effort message is not retried
+    client.send("doomed", None, sender="t", delivery="best-effort")
+    wait_for(lambda: backend.runs("doomed"), 30, "the failing best-effort delivery")
+    time.sleep(1.0)
+    assert len(backend.runs("doomed")) == 1
+    with pytest.raises(DeliveryError, match="exactly-once"):
+        _ = Context(Envelope(sender="a", receiver="b"), client=client, worker="w").session

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from celery import Task
+from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlmodel import Session
 
 import storage
 from messaging.agents import AgentSpec, get_agent
@@ -103,6 +105,8 @@ def deliver_envelope(app: AgentpostCelery, raw: Any, *, client: Client) -> Outco
         return Outcome("skipped", message_id, error="no handler in this worker")
 
     worker = worker_identity()
+    if envelope.delivery == "best-effort":
+        return _best_effort(spec, envelope, client=client, worker=worker)
     if profile_for(settings.broker).has_priorities:
         if _expired(envelope, now):
             error = _expired_error(envelope)
@@ -137,54 +141,115 @@ def deliver_envelope(app: AgentpostCelery, raw: Any, *, client: Client) -> Outco
         return _dead(app, raw, claim, worker, now, reason="exhausted", error=error, tb=None)
 
     delivered = envelope.model_copy(update={"attempt": claim.attempt})
-    ctx = Context(delivered, client=client, worker=worker)
+    # exactly-once: the handler's ctx.session writes and the completion share one
+    # transaction, so a crash in between loses both and the redelivery redoes both.
+    session = Session(engine) if envelope.delivery == "exactly-once" else None
+    ctx = Context(delivered, client=client, worker=worker, session=session)
     try:
-        reply = _run(spec, delivered, ctx)
-        reply_json = None if reply is None else dump_json(reply)
-    except PermanentError as exc:
-        return _dead(
-            app,
-            raw,
-            claim,
-            worker,
-            now,
-            reason="rejected",
-            error=_describe(exc),
-            tb=traceback.format_exc(),
-        )
-    except Exception as exc:
-        error, tb = _describe(exc), traceback.format_exc()
-        if claim.attempt > max_retries:
-            return _dead(app, raw, claim, worker, now, reason="exhausted", error=error, tb=tb)
-        countdown = backoff_delay_s(
-            claim.attempt,
-            base_s=spec.backoff_s if spec.backoff_s is not None else settings.backoff_s,
-            max_s=spec.backoff_max_s if spec.backoff_max_s is not None else settings.backoff_max_s,
-            jitter=spec.jitter if spec.jitter is not None else settings.backoff_jitter,
-        )
-        ended = time.time()
-        storage.schedule_retry(
-            engine,
-            message_id,
-            claim_=claim,
-            worker=worker,
-            started_at=now,
-            now=ended,
-            due_at=ended + countdown,
-            error=error,
-            traceback=tb,
-        )
-        return Outcome("retry", message_id, claim.attempt, countdown_s=countdown, error=error)
-    storage.complete(
-        engine,
+        try:
+            reply = _run(spec, delivered, ctx)
+            reply_json = None if reply is None else dump_json(reply)
+        except PermanentError as exc:
+            _rollback(session)
+            return _dead(
+                app,
+                raw,
+                claim,
+                worker,
+                now,
+                reason="rejected",
+                error=_describe(exc),
+                tb=traceback.format_exc(),
+            )
+        except Exception as exc:
+            _rollback(session)
+            return _failed(app, raw, spec, claim, worker, now, exc)
+        return _complete(engine, session, message_id, claim, worker, now, reply_json)
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _rollback(session: Session | None) -> None:
+    if session is not None:
+        session.rollback()
+
+
+def _complete(
+    engine: Engine,
+    session: Session | None,
+    message_id: str,
+    claim: storage.Claim,
+    worker: str,
+    started_at: float,
+    reply_json: str | None,
+) -> Outcome:
+    target = session.connection() if session is not None else engine
+    done = storage.complete(
+        target,
         message_id,
         claim_=claim,
         worker=worker,
-        started_at=now,
+        started_at=started_at,
         now=time.time(),
         reply=reply_json,
     )
+    if session is not None:
+        if not done:
+            # Fenced off: another attempt owns the message now, and its writes count.
+            session.rollback()
+            return Outcome("skipped", message_id, claim.attempt, error="lease lost")
+        session.commit()
     return Outcome("delivered", message_id, claim.attempt)
+
+
+def _failed(
+    app: AgentpostCelery,
+    raw: Any,
+    spec: AgentSpec,
+    claim: storage.Claim,
+    worker: str,
+    started_at: float,
+    exc: Exception,
+) -> Outcome:
+    """A handler error: retry with backoff, or dead when the attempts are used up."""
+    settings = app.settings
+    error, tb = _describe(exc), traceback.format_exc()
+    max_retries = spec.max_retries if spec.max_retries is not None else settings.max_retries
+    if claim.attempt > max_retries:
+        return _dead(app, raw, claim, worker, started_at, reason="exhausted", error=error, tb=tb)
+    countdown = backoff_delay_s(
+        claim.attempt,
+        base_s=spec.backoff_s if spec.backoff_s is not None else settings.backoff_s,
+        max_s=spec.backoff_max_s if spec.backoff_max_s is not None else settings.backoff_max_s,
+        jitter=spec.jitter if spec.jitter is not None else settings.backoff_jitter,
+    )
+    ended = time.time()
+    message_id = str(raw["id"])
+    storage.schedule_retry(
+        storage.engine_for(settings.database),
+        message_id,
+        claim_=claim,
+        worker=worker,
+        started_at=started_at,
+        now=ended,
+        due_at=ended + countdown,
+        error=error,
+        traceback=tb,
+    )
+    return Outcome("retry", message_id, claim.attempt, countdown_s=countdown, error=error)
+
+
+def _best_effort(spec: AgentSpec, envelope: Envelope, *, client: Client, worker: str) -> Outcome:
+    """No row, no claim, no retries: run the handler once; a failure only fails the task."""
+    delivered = envelope.model_copy(update={"attempt": 1})
+    message_id = str(envelope.id)
+    try:
+        _run(spec, delivered, Context(delivered, client=client, worker=worker))
+    except Exception as exc:
+        log.warning("best-effort message %s failed and is dropped: %s", message_id, exc)
+        return Outcome("dead", message_id, 1, reason="best-effort", error=_describe(exc))
+    return Outcome("delivered", message_id, 1)
 
 
 def _expired(envelope: Envelope, now: float) -> bool:
