@@ -404,6 +404,8 @@ def run_agentpost(
         "bench.variant_worker" if variant else "messaging.cli",
         "worker",
         "bench.agents",
+        "--agents",
+        "noop",
         "-c",
         str(args.concurrency),
         "--loglevel",
