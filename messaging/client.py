@@ -8,6 +8,7 @@ name and learns the agent names from the store.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -380,16 +381,37 @@ class Client:
             priority=priority,
             metadata=metadata,
         )
-        return self.result(sent.message_id, timeout_s=timeout_s)
+        # A poll straight after the send always misses and competes with the worker.
+        return self._wait_reply(sent.message_id, timeout_s, first_pause_s=0.001)
 
     def result(self, message_id: str, *, timeout_s: float = 0.0) -> Reply:
-        """The reply of a delivered message, waiting up to ``timeout_s`` for it."""
+        """The reply of a delivered message, waiting up to ``timeout_s`` for it.
+
+        Raises:
+            RequestTimeout: not delivered within ``timeout_s``.
+            RequestFailed: the message is dead.
+            MessageNotFound: no message has that id.
+        """
+        return self._wait_reply(message_id, timeout_s, first_pause_s=0.0)
+
+    def _wait_reply(self, message_id: str, timeout_s: float, *, first_pause_s: float) -> Reply:
         deadline = time.monotonic() + timeout_s
-        pause = 0.002
+        pause = 0.001
+        if first_pause_s:
+            time.sleep(first_pause_s)
         while True:
-            state = self.status(message_id)
+            with self._store():
+                state = storage.outcome_of(self._engine, message_id)  # one narrow SELECT
+            if state is None:
+                raise MessageNotFound(f"no message {message_id!r}")
             if state.status == "delivered":
-                return Reply.of(state)
+                return Reply(
+                    payload=json.loads(state.reply) if state.reply is not None else None,
+                    sender=state.receiver,
+                    receiver=state.sender,
+                    correlation_id=state.correlation_id,
+                    parent_id=message_id,
+                )
             if state.status == "dead":
                 raise RequestFailed(
                     f"request {message_id} is dead ({state.dead_reason}): {state.error}",
@@ -404,7 +426,7 @@ class Client:
                     message_id=message_id,
                 )
             time.sleep(min(pause, remaining))
-            pause = min(pause * 2, 0.05)
+            pause = min(pause * 1.5, 0.05)
 
     # -- fan-out ---------------------------------------------------------------
 

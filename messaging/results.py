@@ -139,13 +139,3 @@ class Reply(BaseModel):
     receiver: str
     correlation_id: str
     parent_id: str
-
-    @classmethod
-    def of(cls, state: MessageState) -> Reply:
-        return cls(
-            payload=state.reply,
-            sender=state.receiver,
-            receiver=state.sender,
-            correlation_id=state.correlation_id,
-            parent_id=state.message_id,
-        )

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, TextClause, text
 
 from storage.tables import Attempt, Message, table_of
 
-__all__ = ["claim", "finish", "finish_on", "insert_one"]
+__all__ = ["autocommit", "claim", "finish", "finish_on", "insert_one"]
 
 _M = table_of(Message).name
 _A = table_of(Attempt).name
@@ -46,7 +46,7 @@ SELECT attempts, redrives, recovered_from FROM c
 _autocommit_engines: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
 
 
-def _autocommit(engine: Engine) -> Engine:
+def autocommit(engine: Engine) -> Engine:
     # One statement is atomic on its own: no BEGIN/COMMIT round trips around it.
     found = _autocommit_engines.get(engine)
     if found is None:
@@ -57,13 +57,13 @@ def _autocommit(engine: Engine) -> Engine:
 
 def insert_one(engine: Engine, statement: Any) -> Any:
     """Run one INSERT ... ON CONFLICT DO NOTHING RETURNING id outside a transaction."""
-    with _autocommit(engine).connect() as conn:
+    with autocommit(engine).connect() as conn:
         return conn.execute(statement).scalar()
 
 
 def claim(engine: Engine, message_id: str, *, worker: str, now: float, lease_s: float) -> Any:
     """The claim row (attempts, redrives, recovered_from) or ``None``."""
-    with _autocommit(engine).connect() as conn:
+    with autocommit(engine).connect() as conn:
         return conn.execute(
             _CLAIM,
             {
@@ -89,7 +89,7 @@ def finish(
     Fenced off (another claim took the row over), nothing changes: that attempt was
     already recorded as lost by the takeover.
     """
-    with _autocommit(engine).connect() as conn:
+    with autocommit(engine).connect() as conn:
         return finish_on(conn, message_id, attempt=attempt, values=values, attempt_row=attempt_row)
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "Claim",
     "Inserted",
     "NewMessage",
+    "Outcome",
     "Republish",
     "Taken",
     "attempts_of",
@@ -36,6 +37,7 @@ __all__ = [
     "insert_messages",
     "list_agents",
     "mark_dead",
+    "outcome_of",
     "overdue",
     "peek",
     "recover_expired",
@@ -687,3 +689,33 @@ def subscriptions(engine: Engine) -> list[Subscription]:
             select(SUBSCRIPTIONS).order_by(SUBSCRIPTIONS.c.agent, SUBSCRIPTIONS.c.pattern)
         ).all()
     return [Subscription.model_validate(r._mapping) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a request waiter needs of a message: one narrow row, no attempts."""
+
+    status: str
+    reply: str | None
+    dead_reason: str | None
+    error: str | None
+    sender: str
+    receiver: str
+    correlation_id: str
+
+
+def outcome_of(engine: Engine, message_id: str) -> Outcome | None:
+    """The status and reply of one message in a single cheap read (request polling)."""
+    stmt = select(
+        MESSAGES.c.status,
+        MESSAGES.c.reply,
+        MESSAGES.c.dead_reason,
+        MESSAGES.c.error,
+        MESSAGES.c.sender,
+        MESSAGES.c.receiver,
+        MESSAGES.c.correlation_id,
+    ).where(MESSAGES.c.id == message_id)
+    reader = postgres.autocommit(engine) if engine.dialect.name == "postgresql" else engine
+    with reader.connect() as conn:
+        row = conn.execute(stmt).one_or_none()
+    return None if row is None else Outcome(*row)
