@@ -6,37 +6,40 @@ It imports nothing of ``messaging`` or ``worker``: callers pass engines and valu
 from __future__ import annotations
 
 from storage.engine import dispose_engines, engine_for
+from storage.queries import (
+    Outcome,
+    attempts_of,
+    dead_letters,
+    get_message,
+    outcome_of,
+    peek,
+    trace,
+)
+from storage.registry import (
+    list_agents,
+    register_agents,
+    register_mailbox,
+    subscribe,
+    subscriptions,
+    unsubscribe,
+)
 from storage.repository import (
-    ACTIVE_STATUSES,
     Claim,
     Inserted,
     NewMessage,
-    Outcome,
     Republish,
     Taken,
-    attempts_of,
     claim,
     claim_next,
     complete,
-    dead_letters,
-    get_message,
     insert_messages,
-    list_agents,
     mark_dead,
-    outcome_of,
-    overdue,
-    peek,
-    recover_expired,
     redrive,
-    register_agents,
-    register_mailbox,
     schedule_retry,
-    subscribe,
-    subscriptions,
-    trace,
-    unsubscribe,
 )
 from storage.schema import create_schema, drop_schema
+from storage.sql import ACTIVE_STATUSES
+from storage.sweeps import overdue, recover_expired
 from storage.tables import Agent, Attempt, Message, Subscription
 
 __all__ = [

@@ -9,55 +9,39 @@ the newer attempt's outcome.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, and_, case, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from storage import postgres
-from storage.tables import Agent, Attempt, Message, Subscription, table_of
+from storage.sql import (
+    ACTIVE_STATUSES,
+    ATTEMPTS,
+    CLAIMABLE,
+    MESSAGES,
+    claimable,
+    dialect_insert,
+    fenced,
+)
 
 __all__ = [
-    "ACTIVE_STATUSES",
     "Claim",
     "Inserted",
     "NewMessage",
-    "Outcome",
     "Republish",
     "Taken",
-    "attempts_of",
     "claim",
     "claim_next",
     "complete",
-    "dead_letters",
-    "get_message",
     "insert_messages",
-    "list_agents",
     "mark_dead",
-    "outcome_of",
-    "overdue",
-    "peek",
-    "recover_expired",
     "redrive",
-    "register_agents",
-    "register_mailbox",
     "schedule_retry",
-    "subscribe",
-    "subscriptions",
-    "trace",
-    "unsubscribe",
 ]
-
-MESSAGES = table_of(Message)
-ATTEMPTS = table_of(Attempt)
-AGENTS = table_of(Agent)
-SUBSCRIPTIONS = table_of(Subscription)
-
-ACTIVE_STATUSES = ("queued", "running", "retrying")
-_CLAIMABLE = ("queued", "retrying")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +88,14 @@ class Republish:
     envelope: str
 
 
-def _insert(conn: Connection) -> Any:
-    """The dialect's INSERT that supports ``ON CONFLICT DO NOTHING``."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert
-    if conn.dialect.name == "sqlite":
-        return sqlite.insert
-    raise NotImplementedError(f"unsupported database dialect {conn.dialect.name!r}")
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A message taken from a mailbox: its claim and its stored envelope."""
+
+    message_id: str
+    claim: Claim
+    envelope: str
+    expires_at: float | None
 
 
 def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted]:
@@ -130,7 +115,7 @@ def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted
             return [_first_holder(conn, row.idempotency_key)]
     results: list[Inserted] = []
     with engine.begin() as conn:
-        insert = _insert(conn)
+        insert = dialect_insert(conn)
         for row in rows:
             new_id = conn.execute(_insert_statement(insert, row)).scalar()
             if new_id is not None:
@@ -190,21 +175,11 @@ def claim(
         .where(
             MESSAGES.c.id == message_id,
             or_(
-                MESSAGES.c.status.in_(_CLAIMABLE),
+                MESSAGES.c.status.in_(CLAIMABLE),
                 and_(MESSAGES.c.status == "running", MESSAGES.c.lease_until < now),
             ),
         )
-        .values(
-            status="running",
-            attempts=MESSAGES.c.attempts + 1,
-            lease_until=now + lease_s,
-            claimed_by=worker,
-            recovered_from=case(
-                (MESSAGES.c.status == "running", func.coalesce(MESSAGES.c.claimed_by, "?")),
-                else_=None,
-            ),
-            updated_at=now,
-        )
+        .values(_claim_values(worker, now, lease_s))
         .returning(MESSAGES.c.attempts, MESSAGES.c.redrives, MESSAGES.c.recovered_from)
     )
     with engine.begin() as conn:
@@ -212,27 +187,79 @@ def claim(
         if row is None:
             return None
         if row.recovered_from is not None:
-            # The previous attempt's worker died without a word: record it as lost.
-            conn.execute(
-                ATTEMPTS.insert().values(
-                    message_id=message_id,
-                    number=row.attempts - 1,
-                    redrive=row.redrives,
-                    worker=row.recovered_from,
-                    ended_at=now,
-                    outcome="lost",
-                    error=postgres.LOST_ERROR,
-                )
-            )
+            _record_lost(conn, message_id, row, now)
     return Claim(row.attempts, row.redrives, row.recovered_from)
 
 
-def _fenced(message_id: str, attempt: int) -> Any:
-    return and_(
-        MESSAGES.c.id == message_id,
-        MESSAGES.c.status == "running",
-        MESSAGES.c.attempts == attempt,
+def _claim_values(worker: str, now: float, lease_s: float) -> dict[str, Any]:
+    """The SET of a claim. SET expressions see the row's old values, which is how
+    ``recovered_from`` learns, in the same statement, whose lease was taken over."""
+    return {
+        "status": "running",
+        "attempts": MESSAGES.c.attempts + 1,
+        "lease_until": now + lease_s,
+        "claimed_by": worker,
+        "recovered_from": case(
+            (MESSAGES.c.status == "running", func.coalesce(MESSAGES.c.claimed_by, "?")),
+            else_=None,
+        ),
+        "updated_at": now,
+    }
+
+
+def _record_lost(conn: Connection, message_id: str, row: Any, now: float) -> None:
+    # The previous attempt's worker died without a word: record it as lost.
+    conn.execute(
+        ATTEMPTS.insert().values(
+            message_id=message_id,
+            number=row.attempts - 1,
+            redrive=row.redrives,
+            worker=row.recovered_from,
+            ended_at=now,
+            outcome="lost",
+            error=postgres.LOST_ERROR,
+        )
     )
+
+
+def claim_next(
+    engine: Engine, receiver: str, *, worker: str, now: float, lease_s: float
+) -> Taken | None:
+    """Claim the most urgent, then oldest, claimable message of ``receiver``.
+
+    The candidate is chosen in a subquery and re-checked by the UPDATE itself, so
+    two receivers never take the same row; on PostgreSQL ``SKIP LOCKED`` lets
+    them take different rows at once instead of queueing behind one another.
+    """
+    candidate = (
+        select(MESSAGES.c.id)
+        .where(MESSAGES.c.receiver == receiver, claimable(now))
+        .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
+        .limit(1)
+    )
+    if engine.dialect.name == "postgresql":
+        candidate = candidate.with_for_update(skip_locked=True)
+    stmt = (
+        update(MESSAGES)
+        .where(MESSAGES.c.id == candidate.scalar_subquery(), claimable(now))
+        .values(_claim_values(worker, now, lease_s))
+        .returning(
+            MESSAGES.c.id,
+            MESSAGES.c.attempts,
+            MESSAGES.c.redrives,
+            MESSAGES.c.recovered_from,
+            MESSAGES.c.envelope,
+            MESSAGES.c.expires_at,
+        )
+    )
+    with engine.begin() as conn:
+        row = conn.execute(stmt).one_or_none()
+        if row is None:
+            return None
+        if row.recovered_from is not None:
+            _record_lost(conn, row.id, row, now)
+    claim_ = Claim(row.attempts, row.redrives, row.recovered_from)
+    return Taken(row.id, claim_, row.envelope, row.expires_at)
 
 
 def _finish(
@@ -283,7 +310,7 @@ def _finish_on(
             conn, message_id, attempt=attempt, values=values, attempt_row=attempt_row
         )
     changed = conn.execute(
-        update(MESSAGES).where(_fenced(message_id, attempt)).values(**values)
+        update(MESSAGES).where(fenced(message_id, attempt)).values(**values)
     ).rowcount
     if changed:  # fenced off: the takeover already recorded this attempt as lost
         conn.execute(ATTEMPTS.insert().values(**attempt_row))
@@ -382,78 +409,6 @@ def mark_dead(
     return bool(changed)
 
 
-def recover_expired(engine: Engine, *, now: float, grace_s: float) -> list[Republish]:
-    """Turn running rows whose lease expired into retries, recording the lost attempt."""
-    with engine.begin() as conn:
-        rows = conn.execute(
-            select(
-                MESSAGES.c.id,
-                MESSAGES.c.attempts,
-                MESSAGES.c.redrives,
-                MESSAGES.c.claimed_by,
-                MESSAGES.c.receiver,
-                MESSAGES.c.priority,
-                MESSAGES.c.envelope,
-            ).where(
-                MESSAGES.c.status == "running",
-                MESSAGES.c.lease_until < now,
-                _served_by_workers(),
-            )
-        ).all()
-        recovered: list[Republish] = []
-        for row in rows:
-            changed = conn.execute(
-                update(MESSAGES)
-                .where(_fenced(row.id, row.attempts))
-                .values(status="retrying", lease_until=None, due_at=now + grace_s, updated_at=now)
-            ).rowcount
-            if not changed:
-                continue
-            conn.execute(
-                ATTEMPTS.insert().values(
-                    message_id=row.id,
-                    number=row.attempts,
-                    redrive=row.redrives,
-                    worker=row.claimed_by,
-                    ended_at=now,
-                    outcome="lost",
-                    error=postgres.LOST_ERROR,
-                )
-            )
-            recovered.append(Republish(row.id, row.receiver, row.priority, row.envelope))
-    return recovered
-
-
-def _served_by_workers() -> Any:
-    # Mailbox agents pull from the store: their rows are never published to a queue.
-    mailboxes = select(AGENTS.c.name).where(AGENTS.c.kind == "mailbox")
-    return MESSAGES.c.receiver.not_in(mailboxes)
-
-
-def overdue(engine: Engine, *, now: float, grace_s: float, limit: int = 1000) -> list[Republish]:
-    """Queued or retrying rows whose task is overdue by ``grace_s``: its publish was lost.
-
-    Their ``due_at`` is pushed forward by ``grace_s`` so a row is republished at
-    most once per grace period while its task is on the way.
-    """
-    with engine.begin() as conn:
-        rows = conn.execute(
-            select(MESSAGES.c.id, MESSAGES.c.receiver, MESSAGES.c.priority, MESSAGES.c.envelope)
-            .where(
-                MESSAGES.c.status.in_(_CLAIMABLE),
-                MESSAGES.c.due_at < now - grace_s,
-                _served_by_workers(),
-            )
-            .order_by(MESSAGES.c.due_at)
-            .limit(limit)
-        ).all()
-        if rows:
-            conn.execute(
-                update(MESSAGES).where(MESSAGES.c.id.in_([r.id for r in rows])).values(due_at=now)
-            )
-    return [Republish(r.id, r.receiver, r.priority, r.envelope) for r in rows]
-
-
 def redrive(engine: Engine, message_id: str, *, now: float) -> Republish | None:
     """Send a dead message again: back to queued, attempt count reset, key kept."""
     with engine.begin() as conn:
@@ -475,247 +430,3 @@ def redrive(engine: Engine, message_id: str, *, now: float) -> Republish | None:
     if row is None:
         return None
     return Republish(message_id, row.receiver, row.priority, row.envelope)
-
-
-def get_message(engine: Engine, message_id: str) -> Message | None:
-    """One message row."""
-    with engine.connect() as conn:
-        row = conn.execute(select(MESSAGES).where(MESSAGES.c.id == message_id)).one_or_none()
-    return Message.model_validate(row._mapping) if row is not None else None
-
-
-def attempts_of(engine: Engine, message_ids: Iterable[str]) -> list[Attempt]:
-    """Every attempt of these messages, oldest first."""
-    ids = list(message_ids)
-    if not ids:
-        return []
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(ATTEMPTS).where(ATTEMPTS.c.message_id.in_(ids)).order_by(ATTEMPTS.c.id)
-        ).all()
-    return [Attempt.model_validate(r._mapping) for r in rows]
-
-
-def trace(engine: Engine, correlation_id: str) -> list[Message]:
-    """Every message of a correlation chain, oldest first."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(MESSAGES)
-            .where(MESSAGES.c.correlation_id == correlation_id)
-            .order_by(MESSAGES.c.created_at, MESSAGES.c.id)
-        ).all()
-    return [Message.model_validate(r._mapping) for r in rows]
-
-
-def dead_letters(engine: Engine, *, receiver: str | None = None, limit: int = 100) -> list[Message]:
-    """Dead messages, newest first."""
-    stmt = select(MESSAGES).where(MESSAGES.c.status == "dead")
-    if receiver is not None:
-        stmt = stmt.where(MESSAGES.c.receiver == receiver)
-    with engine.connect() as conn:
-        rows = conn.execute(stmt.order_by(MESSAGES.c.finished_at.desc()).limit(limit)).all()
-    return [Message.model_validate(r._mapping) for r in rows]
-
-
-def register_agents(
-    engine: Engine, agents: Iterable[tuple[str, str]], *, kind: str, now: float
-) -> None:
-    """Upsert (name, queue) pairs into the registry, refreshing ``last_seen_at``."""
-    with engine.begin() as conn:
-        insert = _insert(conn)
-        for name, queue in agents:
-            stmt = insert(AGENTS).values(
-                name=name, kind=kind, queue=queue, registered_at=now, last_seen_at=now
-            )
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["name"],
-                    set_={"kind": kind, "queue": queue, "last_seen_at": now},
-                )
-            )
-
-
-def list_agents(engine: Engine) -> list[Agent]:
-    """Every registered agent, by name."""
-    with engine.connect() as conn:
-        rows = conn.execute(select(AGENTS).order_by(AGENTS.c.name)).all()
-    return [Agent.model_validate(r._mapping) for r in rows]
-
-
-@dataclass(frozen=True, slots=True)
-class Taken:
-    """A message taken from a mailbox: its claim and its stored envelope."""
-
-    message_id: str
-    claim: Claim
-    envelope: str
-    expires_at: float | None
-
-
-def _claimable(now: float) -> Any:
-    return or_(
-        and_(MESSAGES.c.status.in_(_CLAIMABLE), MESSAGES.c.due_at <= now),
-        and_(MESSAGES.c.status == "running", MESSAGES.c.lease_until < now),
-    )
-
-
-def claim_next(
-    engine: Engine, receiver: str, *, worker: str, now: float, lease_s: float
-) -> Taken | None:
-    """Claim the most urgent, then oldest, claimable message of ``receiver``.
-
-    The candidate is chosen in a subquery and re-checked by the UPDATE itself, so
-    two receivers never take the same row; on PostgreSQL ``SKIP LOCKED`` lets
-    them take different rows at once instead of queueing behind one another.
-    """
-    candidate = (
-        select(MESSAGES.c.id)
-        .where(MESSAGES.c.receiver == receiver, _claimable(now))
-        .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
-        .limit(1)
-    )
-    if engine.dialect.name == "postgresql":
-        candidate = candidate.with_for_update(skip_locked=True)
-    stmt = (
-        update(MESSAGES)
-        .where(MESSAGES.c.id == candidate.scalar_subquery(), _claimable(now))
-        .values(
-            status="running",
-            attempts=MESSAGES.c.attempts + 1,
-            lease_until=now + lease_s,
-            claimed_by=worker,
-            recovered_from=case(
-                (MESSAGES.c.status == "running", func.coalesce(MESSAGES.c.claimed_by, "?")),
-                else_=None,
-            ),
-            updated_at=now,
-        )
-        .returning(
-            MESSAGES.c.id,
-            MESSAGES.c.attempts,
-            MESSAGES.c.redrives,
-            MESSAGES.c.recovered_from,
-            MESSAGES.c.envelope,
-            MESSAGES.c.expires_at,
-        )
-    )
-    with engine.begin() as conn:
-        row = conn.execute(stmt).one_or_none()
-        if row is None:
-            return None
-        if row.recovered_from is not None:
-            conn.execute(
-                ATTEMPTS.insert().values(
-                    message_id=row.id,
-                    number=row.attempts - 1,
-                    redrive=row.redrives,
-                    worker=row.recovered_from,
-                    ended_at=now,
-                    outcome="lost",
-                    error=postgres.LOST_ERROR,
-                )
-            )
-    claim_ = Claim(row.attempts, row.redrives, row.recovered_from)
-    return Taken(row.id, claim_, row.envelope, row.expires_at)
-
-
-def peek(engine: Engine, receiver: str, *, now: float, limit: int) -> list[Message]:
-    """The next ``limit`` messages ``claim_next`` would take, without taking them."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(MESSAGES)
-            .where(MESSAGES.c.receiver == receiver, _claimable(now))
-            .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
-            .limit(limit)
-        ).all()
-    return [Message.model_validate(r._mapping) for r in rows]
-
-
-def register_mailbox(
-    engine: Engine,
-    name: str,
-    *,
-    now: float,
-    max_retries: int | None,
-    backoff_s: float | None,
-    backoff_max_s: float | None,
-) -> None:
-    """Upsert a mailbox agent with its retry options."""
-    options = {"max_retries": max_retries, "backoff_s": backoff_s, "backoff_max_s": backoff_max_s}
-    with engine.begin() as conn:
-        stmt = _insert(conn)(AGENTS).values(
-            name=name,
-            kind="mailbox",
-            queue="store",
-            registered_at=now,
-            last_seen_at=now,
-            **options,
-        )
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["name"],
-                set_={"kind": "mailbox", "queue": "store", "last_seen_at": now, **options},
-            )
-        )
-
-
-def subscribe(engine: Engine, agent: str, pattern: str, *, now: float) -> bool:
-    """Add a subscription; False if it existed."""
-    with engine.begin() as conn:
-        created = conn.execute(
-            _insert(conn)(SUBSCRIPTIONS)
-            .values(agent=agent, pattern=pattern, created_at=now)
-            .on_conflict_do_nothing(index_elements=["agent", "pattern"])
-            .returning(SUBSCRIPTIONS.c.agent)
-        ).scalar()
-    return created is not None
-
-
-def unsubscribe(engine: Engine, agent: str, pattern: str) -> bool:
-    """Remove a subscription; False if there was none."""
-    with engine.begin() as conn:
-        removed = conn.execute(
-            SUBSCRIPTIONS.delete().where(
-                SUBSCRIPTIONS.c.agent == agent, SUBSCRIPTIONS.c.pattern == pattern
-            )
-        ).rowcount
-    return bool(removed)
-
-
-def subscriptions(engine: Engine) -> list[Subscription]:
-    """Every subscription."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(SUBSCRIPTIONS).order_by(SUBSCRIPTIONS.c.agent, SUBSCRIPTIONS.c.pattern)
-        ).all()
-    return [Subscription.model_validate(r._mapping) for r in rows]
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a request waiter needs of a message: one narrow row, no attempts."""
-
-    status: str
-    reply: str | None
-    dead_reason: str | None
-    error: str | None
-    sender: str
-    receiver: str
-    correlation_id: str
-
-
-def outcome_of(engine: Engine, message_id: str) -> Outcome | None:
-    """The status and reply of one message in a single cheap read (request polling)."""
-    stmt = select(
-        MESSAGES.c.status,
-        MESSAGES.c.reply,
-        MESSAGES.c.dead_reason,
-        MESSAGES.c.error,
-        MESSAGES.c.sender,
-        MESSAGES.c.receiver,
-        MESSAGES.c.correlation_id,
-    ).where(MESSAGES.c.id == message_id)
-    reader = postgres.autocommit(engine) if engine.dialect.name == "postgresql" else engine
-    with reader.connect() as conn:
-        row = conn.execute(stmt).one_or_none()
-    return None if row is None else Outcome(*row)

@@ -1,0 +1,272 @@
+"""Sending: accept a message into the store, then publish its delivery task.
+
+A message is accepted once its row is committed; the publish that follows can be
+lost (broker down, process killed) and the sweeper will republish it. A process
+using the client never imports agent code: it publishes ``agentpost.deliver`` by
+name and learns the agent names from the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Self, overload
+
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+import storage
+from messaging.envelope import Delivery, Envelope, Priority, dump_json
+from messaging.errors import (
+    InvalidEnvelope,
+    StoreUnavailable,
+    UnknownAgent,
+)
+from messaging.results import SendResult
+from messaging.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from worker.app import AgentpostCelery
+
+__all__ = ["Sender"]
+
+log = logging.getLogger("agentpost.client")
+
+
+class Sender:
+    """Accepts messages into the store and publishes their delivery tasks (``Client``'s core)."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        broker_url: str | None = None,
+        database_url: str | None = None,
+        app: AgentpostCelery | None = None,
+    ) -> None:
+        overrides = {
+            key: value
+            for key, value in (("broker_url", broker_url), ("database_url", database_url))
+            if value is not None
+        }
+        base = settings or (app.settings if app is not None else None)
+        if base is None:
+            base = Settings(**overrides)
+        elif overrides:
+            base = Settings(**{**base.model_dump(), **overrides})
+        self.settings = base
+        self._app = app
+        self._known: dict[str, str] = {}  # agent name -> kind
+        with self._store():
+            storage.create_schema(self._engine)
+
+    @property
+    def _engine(self) -> Engine:
+        return storage.engine_for(self.settings.database)
+
+    @property
+    def app(self) -> AgentpostCelery:
+        """The Celery app this client publishes with (built lazily)."""
+        if self._app is None:
+            from worker.app import create_app  # noqa: PLC0415  (worker imports messaging)
+
+            self._app = create_app(self.settings)
+        return self._app
+
+    @overload
+    def send(self, envelope: Envelope, /) -> SendResult: ...
+
+    @overload
+    def send(
+        self,
+        receiver: str,
+        payload: Any = None,
+        /,
+        *,
+        sender: str,
+        correlation_id: str | None = None,
+        parent_id: str | None = None,
+        idempotency_key: str | None = None,
+        priority: Priority = "normal",
+        ttl_s: float | None = None,
+        expires_at: datetime | None = None,
+        metadata: dict[str, Any] | None = None,
+        delivery: Delivery = "at-least-once",
+    ) -> SendResult: ...
+
+    def send(
+        self,
+        receiver: str | Envelope,
+        payload: Any = None,
+        /,
+        *,
+        sender: str | None = None,
+        correlation_id: str | None = None,
+        parent_id: str | None = None,
+        idempotency_key: str | None = None,
+        priority: Priority = "normal",
+        ttl_s: float | None = None,
+        expires_at: datetime | None = None,
+        metadata: dict[str, Any] | None = None,
+        delivery: Delivery = "at-least-once",
+    ) -> SendResult:
+        """Send one message; a repeated idempotency key returns the first message.
+
+        ``delivery``: ``at-least-once`` (stored, retried, dead-lettered),
+        ``best-effort`` (published without a store row, no retries, no idempotency),
+        ``exactly-once`` (the handler's ``ctx.session`` writes commit with the completion).
+
+        Raises:
+            InvalidEnvelope: bad names, a payload that is not JSON or too large.
+            UnknownAgent: a receiver that no agent has registered.
+            StoreUnavailable: the database did not accept the message.
+        """
+        if isinstance(receiver, Envelope):
+            envelope = receiver
+        else:
+            if sender is None:
+                raise InvalidEnvelope("sender is required: send(receiver, payload, sender=...)")
+            envelope = Envelope.build(
+                receiver,
+                payload,
+                sender=sender,
+                correlation_id=correlation_id,
+                parent_id=parent_id,
+                idempotency_key=idempotency_key,
+                priority=priority,
+                ttl_s=ttl_s,
+                expires_at=expires_at,
+                metadata=metadata,
+                delivery=delivery,
+            )
+        return self.send_many([envelope])[0]
+
+    def send_many(self, envelopes: Sequence[Envelope]) -> list[SendResult]:
+        """Send several messages in one store transaction (all accepted, or none).
+
+        Every envelope is checked before anything is stored, so one bad message
+        refuses the whole batch.
+        """
+        checked = [self._check(envelope) for envelope in envelopes]
+        if any(env.delivery == "best-effort" for env, _ in checked):
+            if len(checked) != 1:
+                raise InvalidEnvelope("send best-effort messages one at a time, not in a batch")
+            return [self._send_best_effort(*checked[0])]
+        rows = [
+            storage.NewMessage(
+                id=str(env.id),
+                idempotency_key=env.idempotency_key,
+                correlation_id=env.correlation_id,
+                parent_id=str(env.parent_id) if env.parent_id else None,
+                sender=env.sender,
+                receiver=env.receiver,
+                priority=env.priority,
+                envelope=dump_json(wire),
+                created_at=time.time(),
+                expires_at=env.expires_at.timestamp() if env.expires_at else None,
+            )
+            for env, wire in checked
+        ]
+        with self._store():
+            try:
+                inserted = storage.insert_messages(self._engine, rows)
+            except IntegrityError as exc:
+                raise InvalidEnvelope(
+                    "a message with one of these ids exists already under another "
+                    "idempotency key: build a new Envelope for each message"
+                ) from exc
+        results = []
+        for (env, wire), outcome in zip(checked, inserted, strict=True):
+            # Mailbox agents pull from the store: nothing to publish for them.
+            if not outcome.duplicate and self._known.get(env.receiver) != "mailbox":
+                self._publish(str(env.id), env.receiver, env.priority, wire)
+            results.append(
+                SendResult(
+                    message_id=outcome.message_id,
+                    duplicate=outcome.duplicate,
+                    status=outcome.status,
+                )
+            )
+        return results
+
+    def _send_best_effort(self, env: Envelope, wire: dict[str, Any]) -> SendResult:
+        if self._known.get(env.receiver) == "mailbox":
+            raise InvalidEnvelope(
+                f"best-effort messages go straight to a worker; {env.receiver!r} is a "
+                "mailbox agent: send it at-least-once"
+            )
+        self._publish(str(env.id), env.receiver, env.priority, wire)
+        return SendResult(message_id=str(env.id), duplicate=False, status="sent")
+
+    def _check(self, envelope: Envelope) -> tuple[Envelope, dict[str, Any]]:
+        envelope.check_size(self.settings.max_payload_bytes)
+        self._require_agent(envelope.receiver)
+        return envelope, envelope.wire()
+
+    def _require_agent(self, name: str) -> None:
+        if name in self._known:
+            return
+        self._refresh_agents()
+        if name not in self._known:
+            known = ", ".join(sorted(self._known)) or "none yet: start a worker first"
+            raise UnknownAgent(f"unknown agent {name!r} (registered: {known})")
+
+    def _refresh_agents(self) -> list[storage.Agent]:
+        with self._store():
+            rows = storage.list_agents(self._engine)
+        self._known = {a.name: a.kind for a in rows}
+        return rows
+
+    def _publish(
+        self, message_id: str, receiver: str, priority: int, wire: dict[str, Any] | str
+    ) -> None:
+        from worker.routing import publish_delivery  # noqa: PLC0415
+
+        try:
+            publish_delivery(
+                self.app,
+                message_id=message_id,
+                receiver=receiver,
+                priority=priority,
+                envelope=wire,
+            )
+        except Exception as exc:
+            # Accepted already: the sweeper republishes once the broker is back.
+            log.warning(
+                "message %s stored but not published (%s: %s); the sweeper will republish it",
+                message_id,
+                type(exc).__name__,
+                exc,
+            )
+
+    def close(self) -> None:
+        """Release the broker connections of this client."""
+        if self._app is not None:
+            self._app.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _store(self) -> Iterator[None]:
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            if isinstance(exc, IntegrityError):
+                raise
+            raise StoreUnavailable(
+                f"the store at {_safe_url(self.settings.database)} failed: {exc.__class__.__name__}"
+            ) from exc
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    return make_url(url).render_as_string(hide_password=True)

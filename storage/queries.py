@@ -1,0 +1,108 @@
+"""Read-only queries: one message, its attempts, chains, dead letters, a mailbox's next."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+
+from storage import postgres
+from storage.sql import (
+    ATTEMPTS,
+    MESSAGES,
+    claimable,
+)
+from storage.tables import Attempt, Message
+
+__all__ = [
+    "Outcome",
+    "attempts_of",
+    "dead_letters",
+    "get_message",
+    "outcome_of",
+    "peek",
+    "trace",
+]
+
+
+def get_message(engine: Engine, message_id: str) -> Message | None:
+    """One message row."""
+    with engine.connect() as conn:
+        row = conn.execute(select(MESSAGES).where(MESSAGES.c.id == message_id)).one_or_none()
+    return Message.model_validate(row._mapping) if row is not None else None
+
+
+def attempts_of(engine: Engine, message_ids: Iterable[str]) -> list[Attempt]:
+    """Every attempt of these messages, oldest first."""
+    ids = list(message_ids)
+    if not ids:
+        return []
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(ATTEMPTS).where(ATTEMPTS.c.message_id.in_(ids)).order_by(ATTEMPTS.c.id)
+        ).all()
+    return [Attempt.model_validate(r._mapping) for r in rows]
+
+
+def trace(engine: Engine, correlation_id: str) -> list[Message]:
+    """Every message of a correlation chain, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(MESSAGES)
+            .where(MESSAGES.c.correlation_id == correlation_id)
+            .order_by(MESSAGES.c.created_at, MESSAGES.c.id)
+        ).all()
+    return [Message.model_validate(r._mapping) for r in rows]
+
+
+def dead_letters(engine: Engine, *, receiver: str | None = None, limit: int = 100) -> list[Message]:
+    """Dead messages, newest first."""
+    stmt = select(MESSAGES).where(MESSAGES.c.status == "dead")
+    if receiver is not None:
+        stmt = stmt.where(MESSAGES.c.receiver == receiver)
+    with engine.connect() as conn:
+        rows = conn.execute(stmt.order_by(MESSAGES.c.finished_at.desc()).limit(limit)).all()
+    return [Message.model_validate(r._mapping) for r in rows]
+
+
+def peek(engine: Engine, receiver: str, *, now: float, limit: int) -> list[Message]:
+    """The next ``limit`` messages ``claim_next`` would take, without taking them."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(MESSAGES)
+            .where(MESSAGES.c.receiver == receiver, claimable(now))
+            .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
+            .limit(limit)
+        ).all()
+    return [Message.model_validate(r._mapping) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a request waiter needs of a message: one narrow row, no attempts."""
+
+    status: str
+    reply: str | None
+    dead_reason: str | None
+    error: str | None
+    sender: str
+    receiver: str
+    correlation_id: str
+
+
+def outcome_of(engine: Engine, message_id: str) -> Outcome | None:
+    """The status and reply of one message in a single cheap read (request polling)."""
+    stmt = select(
+        MESSAGES.c.status,
+        MESSAGES.c.reply,
+        MESSAGES.c.dead_reason,
+        MESSAGES.c.error,
+        MESSAGES.c.sender,
+        MESSAGES.c.receiver,
+        MESSAGES.c.correlation_id,
+    ).where(MESSAGES.c.id == message_id)
+    reader = postgres.autocommit(engine) if engine.dialect.name == "postgresql" else engine
+    with reader.connect() as conn:
+        row = conn.execute(stmt).one_or_none()
+    return None if row is None else Outcome(*row)

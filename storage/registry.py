@@ -1,0 +1,108 @@
+"""The agent registry and topic subscriptions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import Engine, select
+
+from storage.sql import (
+    AGENTS,
+    SUBSCRIPTIONS,
+    dialect_insert,
+)
+from storage.tables import Agent, Subscription
+
+__all__ = [
+    "list_agents",
+    "register_agents",
+    "register_mailbox",
+    "subscribe",
+    "subscriptions",
+    "unsubscribe",
+]
+
+
+def register_agents(
+    engine: Engine, agents: Iterable[tuple[str, str]], *, kind: str, now: float
+) -> None:
+    """Upsert (name, queue) pairs into the registry, refreshing ``last_seen_at``."""
+    with engine.begin() as conn:
+        insert = dialect_insert(conn)
+        for name, queue in agents:
+            stmt = insert(AGENTS).values(
+                name=name, kind=kind, queue=queue, registered_at=now, last_seen_at=now
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["name"],
+                    set_={"kind": kind, "queue": queue, "last_seen_at": now},
+                )
+            )
+
+
+def list_agents(engine: Engine) -> list[Agent]:
+    """Every registered agent, by name."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(AGENTS).order_by(AGENTS.c.name)).all()
+    return [Agent.model_validate(r._mapping) for r in rows]
+
+
+def register_mailbox(
+    engine: Engine,
+    name: str,
+    *,
+    now: float,
+    max_retries: int | None,
+    backoff_s: float | None,
+    backoff_max_s: float | None,
+) -> None:
+    """Upsert a mailbox agent with its retry options."""
+    options = {"max_retries": max_retries, "backoff_s": backoff_s, "backoff_max_s": backoff_max_s}
+    with engine.begin() as conn:
+        stmt = dialect_insert(conn)(AGENTS).values(
+            name=name,
+            kind="mailbox",
+            queue="store",
+            registered_at=now,
+            last_seen_at=now,
+            **options,
+        )
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["name"],
+                set_={"kind": "mailbox", "queue": "store", "last_seen_at": now, **options},
+            )
+        )
+
+
+def subscribe(engine: Engine, agent: str, pattern: str, *, now: float) -> bool:
+    """Add a subscription; False if it existed."""
+    with engine.begin() as conn:
+        created = conn.execute(
+            dialect_insert(conn)(SUBSCRIPTIONS)
+            .values(agent=agent, pattern=pattern, created_at=now)
+            .on_conflict_do_nothing(index_elements=["agent", "pattern"])
+            .returning(SUBSCRIPTIONS.c.agent)
+        ).scalar()
+    return created is not None
+
+
+def unsubscribe(engine: Engine, agent: str, pattern: str) -> bool:
+    """Remove a subscription; False if there was none."""
+    with engine.begin() as conn:
+        removed = conn.execute(
+            SUBSCRIPTIONS.delete().where(
+                SUBSCRIPTIONS.c.agent == agent, SUBSCRIPTIONS.c.pattern == pattern
+            )
+        ).rowcount
+    return bool(removed)
+
+
+def subscriptions(engine: Engine) -> list[Subscription]:
+    """Every subscription."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(SUBSCRIPTIONS).order_by(SUBSCRIPTIONS.c.agent, SUBSCRIPTIONS.c.pattern)
+        ).all()
+    return [Subscription.model_validate(r._mapping) for r in rows]

@@ -1,0 +1,57 @@
+"""Core handles of the store's tables and the statement pieces the modules share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, or_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from storage.tables import Agent, Attempt, Message, Subscription, table_of
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "AGENTS",
+    "ATTEMPTS",
+    "CLAIMABLE",
+    "MESSAGES",
+    "SUBSCRIPTIONS",
+    "claimable",
+    "dialect_insert",
+    "fenced",
+]
+
+MESSAGES = table_of(Message)
+ATTEMPTS = table_of(Attempt)
+AGENTS = table_of(Agent)
+SUBSCRIPTIONS = table_of(Subscription)
+
+ACTIVE_STATUSES = ("queued", "running", "retrying")
+CLAIMABLE = ("queued", "retrying")
+
+
+def dialect_insert(conn: Connection) -> Any:
+    """The dialect's INSERT that supports ``ON CONFLICT DO NOTHING``."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert
+    raise NotImplementedError(f"unsupported database dialect {conn.dialect.name!r}")
+
+
+def fenced(message_id: str, attempt: int) -> Any:
+    """The row, only while this attempt still owns it (a takeover bumps ``attempts``)."""
+    return and_(
+        MESSAGES.c.id == message_id,
+        MESSAGES.c.status == "running",
+        MESSAGES.c.attempts == attempt,
+    )
+
+
+def claimable(now: float) -> Any:
+    """Due queued/retrying rows, and running rows whose lease expired."""
+    return or_(
+        and_(MESSAGES.c.status.in_(CLAIMABLE), MESSAGES.c.due_at <= now),
+        and_(MESSAGES.c.status == "running", MESSAGES.c.lease_until < now),
+    )
