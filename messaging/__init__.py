@@ -20,6 +20,7 @@ from messaging.errors import (
     PermanentError,
     RequestFailed,
     RequestTimeout,
+    SchemaOutdated,
     StoreUnavailable,
     UnknownAgent,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "Reply",
     "RequestFailed",
     "RequestTimeout",
+    "SchemaOutdated",
     "SendResult",
     "Settings",
     "StoreUnavailable",

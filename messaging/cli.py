@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from messaging.agents import registered_agents
-from messaging.errors import AgentpostError
+from messaging.errors import AgentpostError, SchemaOutdated
 from messaging.settings import Settings
 
 __all__ = ["app", "main"]
@@ -59,6 +59,12 @@ def worker(
             f"unknown agent(s) {', '.join(unknown) or '(none found)'} "
             f"(registered in {', '.join(modules)}: {', '.join(sorted(known)) or 'none'})"
         )
+    import storage  # noqa: PLC0415
+
+    try:  # fail before Celery starts, with the command that fixes it
+        storage.create_schema(storage.engine_for(settings.database))
+    except storage.SchemaBehind as exc:
+        raise SchemaOutdated(str(exc)) from None
     celery_app = create_app(settings)
     queues = [inbox_name(a, settings) for a in wanted] + [sweeper_queue(settings).name]
     argv = [
@@ -79,6 +85,40 @@ def worker(
     if beat:
         argv += ["-B", "-s", str(settings.home / "beat-schedule")]
     celery_app.worker_main(argv)
+
+
+db_app = typer.Typer(help="The store's schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Apply the store's migrations (AGENTPOST_DATABASE_URL) up to REVISION."""
+    import storage  # noqa: PLC0415
+
+    settings = Settings()
+    reached = storage.upgrade(storage.engine_for(settings.database), revision)
+    typer.echo(f"store at revision {reached} ({_safe(settings.database)})")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the store's revision and the one this agentpost needs."""
+    import storage  # noqa: PLC0415
+
+    settings = Settings()
+    current = storage.current_revision(storage.engine_for(settings.database))
+    head = storage.head_revision()
+    state = "up to date" if current == head else "behind: run `agentpost db upgrade`"
+    typer.echo(f"store {current or '(none)'}, needed {head}: {state}")
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @app.command()

@@ -11,6 +11,7 @@
     ├── RequestTimeout (TimeoutError)        no reply in time; carries the message id
     ├── RequestFailed                        the request ended dead; carries id, reason, error
     ├── StoreUnavailable (ConnectionError)   the database did not answer
+    ├── SchemaOutdated                       the store's schema is behind: `agentpost db upgrade`
     ├── BrokerUnavailable (ConnectionError)  the broker did not answer
     └── DeliveryError                        raised on the worker side
         ├── PermanentError                   raise it in a handler to dead-letter at once
@@ -36,6 +37,7 @@ __all__ = [
     "PermanentError",
     "RequestFailed",
     "RequestTimeout",
+    "SchemaOutdated",
     "StoreUnavailable",
     "UnknownAgent",
 ]
@@ -67,6 +69,10 @@ class MessageNotFound(AgentpostError, LookupError):
 
 class StoreUnavailable(AgentpostError, ConnectionError):
     """The database could not be reached or refused the statement."""
+
+
+class SchemaOutdated(AgentpostError):
+    """The store's schema is older than this agentpost: run ``agentpost db upgrade``."""
 
 
 class BrokerUnavailable(AgentpostError, ConnectionError):

@@ -21,6 +21,7 @@ import storage
 from messaging.envelope import Delivery, Envelope, Priority, dump_json
 from messaging.errors import (
     InvalidEnvelope,
+    SchemaOutdated,
     StoreUnavailable,
     UnknownAgent,
 )
@@ -258,6 +259,8 @@ class Sender:
     def _store(self) -> Iterator[None]:
         try:
             yield
+        except storage.SchemaBehind as exc:
+            raise SchemaOutdated(str(exc)) from exc
         except SQLAlchemyError as exc:
             if isinstance(exc, IntegrityError):
                 raise

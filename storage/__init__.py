@@ -6,6 +6,7 @@ It imports nothing of ``messaging`` or ``worker``: callers pass engines and valu
 from __future__ import annotations
 
 from storage.engine import dispose_engines, engine_for
+from storage.migrate import SchemaBehind, current_revision, head_revision, upgrade
 from storage.queries import (
     Outcome,
     attempts_of,
@@ -52,6 +53,7 @@ __all__ = [
     "NewMessage",
     "Outcome",
     "Republish",
+    "SchemaBehind",
     "Subscription",
     "Taken",
     "attempts_of",
@@ -59,11 +61,13 @@ __all__ = [
     "claim_next",
     "complete",
     "create_schema",
+    "current_revision",
     "dead_letters",
     "dispose_engines",
     "drop_schema",
     "engine_for",
     "get_message",
+    "head_revision",
     "insert_messages",
     "list_agents",
     "mark_dead",
@@ -79,4 +83,5 @@ __all__ = [
     "subscriptions",
     "trace",
     "unsubscribe",
+    "upgrade",
 ]

@@ -1,0 +1,89 @@
+"""Migrations of the store (Alembic), and the check that a store is not behind.
+
+Policy: an empty database is brought to the head on first use, so the embedded
+default needs no set-up step. A database at an older revision is refused with the
+command that fixes it: schema changes on a shared production store are an
+operator's decision (``agentpost db upgrade``), never a side effect of a client.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect
+
+__all__ = ["SchemaBehind", "current_revision", "ensure_schema", "head_revision", "upgrade"]
+
+VERSION_TABLE = "agentpost_alembic_version"
+_MIGRATIONS = Path(__file__).with_name("migrations")
+_FIRST_TABLE = "agentpost_messages"
+
+
+class SchemaBehind(RuntimeError):
+    """The store's schema is older than this code (``messaging`` shows it as ``SchemaOutdated``)."""
+
+    def __init__(self, current: str | None, head: str) -> None:
+        super().__init__(
+            f"the store's schema is at revision {current or '(none: created before migrations)'}"
+            f" but this agentpost needs {head}: run `agentpost db upgrade`"
+        )
+        self.current = current
+        self.head = head
+
+
+def _config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision this code ships."""
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the store is at (``None``: no migrations table)."""
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> str:
+    """Apply the migrations up to ``revision``; returns the revision reached.
+
+    A store created before migrations existed (tables, no version) is stamped at
+    the first revision, whose tables it already has, then upgraded.
+    """
+    config = _config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        has_tables = inspect(conn).has_table(_FIRST_TABLE)
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        if has_tables and context.get_current_revision() is None:
+            command.stamp(config, "0001")
+        command.upgrade(config, revision)
+    current = current_revision(engine)
+    assert current is not None
+    return current
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create an empty store at the head; refuse one that is behind (``SchemaBehind``)."""
+    head = head_revision()
+    current = current_revision(engine)
+    if current == head:
+        return
+    if current is None:
+        with engine.connect() as conn:
+            empty = not inspect(conn).has_table(_FIRST_TABLE)
+        if empty:
+            upgrade(engine)
+            return
+    raise SchemaBehind(current, head)

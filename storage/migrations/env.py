@@ -1,0 +1,28 @@
+"""Alembic environment of the store: the URL comes from the caller, never from a file."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlmodel import SQLModel
+
+from storage import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+config = context.config
+target_metadata = SQLModel.metadata
+
+
+def run() -> None:
+    connection = config.attributes.get("connection")
+    if connection is None:
+        raise RuntimeError("agentpost runs its migrations through storage.migrate")
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+        version_table="agentpost_alembic_version",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+run()

@@ -1,0 +1,92 @@
+"""Alembic migrations of the store: from empty, and a store that is behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect
+from sqlmodel import SQLModel
+
+import storage
+from messaging import Client, SchemaOutdated, Settings
+from storage.migrate import VERSION_TABLE
+from tests.conftest import AGENTPOST, ROOT
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        yield request.getfixturevalue("pg_database")
+    storage.dispose_engines()
+
+
+def _tables(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(inspect(conn).get_table_names())
+
+
+def test_upgrade_from_empty_reaches_head(database_url: str) -> None:
+    engine = storage.engine_for(database_url)
+    assert storage.current_revision(engine) is None
+    assert storage.upgrade(engine) == storage.head_revision()
+    assert {
+        "agentpost_messages",
+        "agentpost_attempts",
+        "agentpost_agents",
+        "agentpost_subscriptions",
+        "agentpost_alembic_version",
+    } <= _tables(engine)
+    # The migrated schema is exactly what the models declare: nothing left to generate
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        assert compare_metadata(context, SQLModel.metadata) == []
+
+
+def test_a_store_behind_is_refused_with_the_command_that_fixes_it(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Given a store whose tables predate the current revision (no migration record)
+    engine = storage.engine_for(database_url)
+    storage.upgrade(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM agentpost_alembic_version")
+    settings = Settings(database_url=database_url, home=tmp_path / "home")
+    # Then a client refuses it, naming the command
+    with pytest.raises(SchemaOutdated, match="run `agentpost db upgrade`"):
+        Client(settings)
+    # And that command fixes it
+    env = {
+        **os.environ,
+        "AGENTPOST_DATABASE_URL": database_url,
+        "AGENTPOST_HOME": str(tmp_path / "home"),
+    }
+    out = subprocess.run(
+        [*AGENTPOST, "db", "upgrade"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert f"store at revision {storage.head_revision()}" in out.stdout
+    assert "password" not in out.stdout
+    Client(settings).close()
+    current = subprocess.run(
+        [*AGENTPOST, "db", "current"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert "up to date" in current.stdout
