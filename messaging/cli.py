@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from messaging import cli_ops
 from messaging.agents import registered_agents
 from messaging.errors import AgentpostError, SchemaOutdated
 from messaging.settings import Settings
@@ -141,6 +142,9 @@ def demo(
     from messaging.demo import run_demo  # noqa: PLC0415
 
     raise typer.Exit(run_demo(home))
+
+
+cli_ops.register(app)
 
 
 def main() -> None:

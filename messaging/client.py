@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import storage
@@ -19,7 +20,7 @@ from messaging.errors import (
     UnknownAgent,
 )
 from messaging.mailbox import Mailbox
-from messaging.results import AgentInfo, MessageState, Reply, SendResult
+from messaging.results import AgentInfo, AgentStats, MessageState, Reply, SendResult
 from messaging.sending import Sender
 from messaging.topics import fan_out, match_subscribers, validate_pattern, validate_topic
 
@@ -53,10 +54,56 @@ class Client(Sender):
             rows = storage.trace(self._engine, correlation_id)
             return self._states(rows)
 
-    def dead_letters(self, *, receiver: str | None = None, limit: int = 100) -> list[MessageState]:
-        """Dead messages, newest first."""
+    def dead_letters(
+        self,
+        *,
+        receiver: str | None = None,
+        reason: str | None = None,
+        since: float | None = None,
+        correlation_id: str | None = None,
+        limit: int = 100,
+    ) -> list[MessageState]:
+        """Dead messages, newest first (``since``: epoch seconds)."""
         with self._store():
-            return self._states(storage.dead_letters(self._engine, receiver=receiver, limit=limit))
+            rows = storage.dead_letters(
+                self._engine,
+                receiver=receiver,
+                reason=reason,
+                since=since,
+                correlation_id=correlation_id,
+                limit=limit,
+            )
+            return self._states(rows)
+
+    def purge(self, message_ids: Sequence[str]) -> int:
+        """Delete dead messages (and their attempts) for good; returns how many."""
+        with self._store():
+            return storage.purge(self._engine, message_ids)
+
+    def agent_stats(self) -> list[AgentStats]:
+        """Every agent with its inbox depth, consumers online and message counts."""
+        from worker.inspect import consumers_by_queue, consumers_of, inbox_depths  # noqa: PLC0415
+
+        rows = self._refresh_agents()
+        with self._store():
+            counts = storage.status_counts(self._engine)
+        handlers = [a.name for a in rows if a.kind == "handler"]
+        depths = inbox_depths(self.app, handlers) if handlers else {}
+        by_queue = consumers_by_queue(self.app) if handlers else {}
+        return [
+            AgentStats(
+                name=a.name,
+                kind=a.kind,
+                queue=a.queue,
+                last_seen_at=AgentInfo.from_row(a).last_seen_at,
+                queue_depth=depths.get(a.name)
+                if a.kind == "handler"
+                else counts.get(a.name, {}).get("queued", 0),
+                consumers=consumers_of(self.app, a.name, by_queue) if a.kind == "handler" else None,
+                counts=counts.get(a.name, {}),
+            )
+            for a in rows
+        ]
 
     def redrive(self, message_id: str) -> SendResult:
         """Send a dead message again (same id and key, attempt count reset).

@@ -12,7 +12,7 @@ from rich.tree import Tree
 
 from messaging.results import AttemptInfo, MessageState
 
-__all__ = ["chain_tree", "dead_letter_panel"]
+__all__ = ["chain_tree", "dead_letter_panel", "mermaid_sequence"]
 
 _STYLE = {"delivered": "green", "dead": "red", "retrying": "yellow", "running": "cyan"}
 
@@ -62,3 +62,24 @@ def dead_letter_panel(state: MessageState) -> Panel:
         *(_attempt_line(a) for a in state.attempt_log),
     ]
     return Panel(Group(*lines), title="dead letter", border_style="red")
+
+
+def mermaid_sequence(states: Sequence[MessageState]) -> str:
+    """A correlation chain as a Mermaid sequence diagram (messages, then replies)."""
+
+    def name(agent: str) -> str:
+        return agent.replace(".", "_").replace("-", "_")
+
+    lines = ["sequenceDiagram"]
+    for agent in dict.fromkeys(a for s in states for a in (s.sender, s.receiver)):
+        lines.append(f"    participant {name(agent)} as {agent}")
+    for s in states:
+        payload = json.dumps(s.payload)[:40].replace(";", ",")
+        tries = f"{s.attempts} attempt{'s' if s.attempts != 1 else ''}"
+        lines.append(f"    {name(s.sender)}->>{name(s.receiver)}: {payload} ({s.status}, {tries})")
+        if s.status == "delivered" and s.reply is not None:
+            reply = json.dumps(s.reply)[:40].replace(";", ",")
+            lines.append(f"    {name(s.receiver)}-->>{name(s.sender)}: {reply}")
+        elif s.status == "dead":
+            lines.append(f"    Note over {name(s.receiver)}: dead ({s.dead_reason})")
+    return "\n".join(lines)

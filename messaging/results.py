@@ -10,7 +10,15 @@ from pydantic import BaseModel, ConfigDict
 
 import storage
 
-__all__ = ["AgentInfo", "AttemptInfo", "MessageState", "Reply", "SendResult", "Status"]
+__all__ = [
+    "AgentInfo",
+    "AgentStats",
+    "AttemptInfo",
+    "MessageState",
+    "Reply",
+    "SendResult",
+    "Status",
+]
 
 Status = Literal["queued", "running", "retrying", "delivered", "dead", "sent"]
 
@@ -139,3 +147,17 @@ class Reply(BaseModel):
     receiver: str
     correlation_id: str
     parent_id: str
+
+
+class AgentStats(BaseModel):
+    """An agent as an operator sees it: backlog, consumers and outcomes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    kind: Literal["handler", "mailbox"]
+    queue: str
+    last_seen_at: datetime
+    queue_depth: int | None
+    consumers: int | None
+    counts: dict[str, int]

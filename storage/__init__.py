@@ -14,6 +14,7 @@ from storage.queries import (
     get_message,
     outcome_of,
     peek,
+    status_counts,
     trace,
 )
 from storage.registry import (
@@ -35,6 +36,7 @@ from storage.repository import (
     complete,
     insert_messages,
     mark_dead,
+    purge,
     redrive,
     schedule_retry,
 )
@@ -74,11 +76,13 @@ __all__ = [
     "outcome_of",
     "overdue",
     "peek",
+    "purge",
     "recover_expired",
     "redrive",
     "register_agents",
     "register_mailbox",
     "schedule_retry",
+    "status_counts",
     "subscribe",
     "subscriptions",
     "trace",

@@ -8,6 +8,7 @@ operator's decision (``agentpost db upgrade``), never a side effect of a client.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -50,6 +51,8 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the store is at (``None``: no migrations table)."""
+    # Every process checks once; Alembic's INFO lines about its DDL mode are noise there.
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         return context.get_current_revision()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from storage import postgres
 from storage.sql import (
@@ -22,6 +22,7 @@ __all__ = [
     "get_message",
     "outcome_of",
     "peek",
+    "status_counts",
     "trace",
 ]
 
@@ -56,11 +57,25 @@ def trace(engine: Engine, correlation_id: str) -> list[Message]:
     return [Message.model_validate(r._mapping) for r in rows]
 
 
-def dead_letters(engine: Engine, *, receiver: str | None = None, limit: int = 100) -> list[Message]:
-    """Dead messages, newest first."""
+def dead_letters(
+    engine: Engine,
+    *,
+    receiver: str | None = None,
+    reason: str | None = None,
+    since: float | None = None,
+    correlation_id: str | None = None,
+    limit: int = 100,
+) -> list[Message]:
+    """Dead messages, newest first, optionally filtered."""
     stmt = select(MESSAGES).where(MESSAGES.c.status == "dead")
     if receiver is not None:
         stmt = stmt.where(MESSAGES.c.receiver == receiver)
+    if reason is not None:
+        stmt = stmt.where(MESSAGES.c.dead_reason == reason)
+    if since is not None:
+        stmt = stmt.where(MESSAGES.c.finished_at >= since)
+    if correlation_id is not None:
+        stmt = stmt.where(MESSAGES.c.correlation_id == correlation_id)
     with engine.connect() as conn:
         rows = conn.execute(stmt.order_by(MESSAGES.c.finished_at.desc()).limit(limit)).all()
     return [Message.model_validate(r._mapping) for r in rows]
@@ -106,3 +121,15 @@ def outcome_of(engine: Engine, message_id: str) -> Outcome | None:
     with reader.connect() as conn:
         row = conn.execute(stmt).one_or_none()
     return None if row is None else Outcome(*row)
+
+
+def status_counts(engine: Engine) -> dict[str, dict[str, int]]:
+    """Message counts by receiver, then status."""
+    stmt = select(MESSAGES.c.receiver, MESSAGES.c.status, func.count()).group_by(
+        MESSAGES.c.receiver, MESSAGES.c.status
+    )
+    counts: dict[str, dict[str, int]] = {}
+    with engine.connect() as conn:
+        for receiver, status, count in conn.execute(stmt):
+            counts.setdefault(receiver, {})[status] = count
+    return counts

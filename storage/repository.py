@@ -39,6 +39,7 @@ __all__ = [
     "complete",
     "insert_messages",
     "mark_dead",
+    "purge",
     "redrive",
     "schedule_retry",
 ]
@@ -430,3 +431,20 @@ def redrive(engine: Engine, message_id: str, *, now: float) -> Republish | None:
     if row is None:
         return None
     return Republish(message_id, row.receiver, row.priority, row.envelope)
+
+
+def purge(engine: Engine, message_ids: Sequence[str]) -> int:
+    """Delete dead messages and their attempts for good; returns how many."""
+    if not message_ids:
+        return 0
+    with engine.begin() as conn:
+        dead = select(MESSAGES.c.id).where(
+            MESSAGES.c.id.in_(list(message_ids)), MESSAGES.c.status == "dead"
+        )
+        conn.execute(ATTEMPTS.delete().where(ATTEMPTS.c.message_id.in_(dead)))
+        removed = conn.execute(
+            MESSAGES.delete().where(
+                MESSAGES.c.id.in_(list(message_ids)), MESSAGES.c.status == "dead"
+            )
+        ).rowcount
+    return int(removed)

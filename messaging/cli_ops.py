@@ -1,0 +1,247 @@
+"""Operator commands: send, request, status, dlq, trace, agents (``--json`` for scripts)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from messaging.client import Client
+from messaging.render import chain_tree, dead_letter_panel, mermaid_sequence
+from messaging.results import MessageState
+
+__all__ = ["register"]
+
+console = Console()
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _emit(value: Any, as_json: bool, render: Any = None) -> None:
+    if as_json:
+        data = (
+            [v.model_dump(mode="json") for v in value]
+            if isinstance(value, list)
+            else value.model_dump(mode="json")
+            if isinstance(value, BaseModel)
+            else value
+        )
+        typer.echo(json.dumps(data, indent=2, default=str))
+    else:
+        console.print(render if render is not None else value)
+
+
+def _payload(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc.msg} (quote it: '{{\"a\": 1}}')") from None
+
+
+def _since(text: str | None) -> float | None:
+    """``30m``, ``2h``, ``1d`` or an ISO time, as epoch seconds."""
+    if not text:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1] in units and text[:-1].isdigit():
+        return time.time() - int(text[:-1]) * units[text[-1]]
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"--since {text!r}: use 30m, 2h, 1d or an ISO time") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _status_table(states: list[MessageState]) -> Table:
+    table = Table("id", "sender → receiver", "status", "reason", "attempts", "finished", "error")
+    for s in states:
+        finished = s.finished_at.strftime("%Y-%m-%d %H:%M:%S") if s.finished_at else ""
+        table.add_row(
+            s.message_id,
+            f"{s.sender} → {s.receiver}",
+            s.status,
+            s.dead_reason or "",
+            str(s.attempts),
+            finished,
+            (s.error or "")[:60],
+        )
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    """Add the operator commands to the ``agentpost`` command line."""
+
+    @app.command()
+    def send(
+        receiver: str,
+        payload: Annotated[str, typer.Argument(help="The payload, as JSON.")],
+        sender: Annotated[str, typer.Option(help="Sending agent's name.")] = "cli",
+        correlation: Annotated[str | None, typer.Option(help="Correlation id.")] = None,
+        key: Annotated[str | None, typer.Option(help="Idempotency key.")] = None,
+        priority: Annotated[str, typer.Option(help="low|normal|high|urgent or 0-9.")] = "normal",
+        ttl: Annotated[float | None, typer.Option(help="Seconds before it expires.")] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Send one message (at-least-once) and print its id."""
+        with Client() as client:
+            prio: Any = int(priority) if priority.isdigit() else priority
+            result = client.send(
+                receiver,
+                _payload(payload),
+                sender=sender,
+                correlation_id=correlation,
+                idempotency_key=key,
+                priority=prio,
+                ttl_s=ttl,
+            )
+        _emit(
+            result,
+            as_json,
+            f"{result.message_id} {'(duplicate) ' if result.duplicate else ''}{result.status}",
+        )
+
+    @app.command()
+    def request(
+        receiver: str,
+        payload: Annotated[str, typer.Argument(help="The payload, as JSON.")],
+        timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 30.0,
+        sender: Annotated[str, typer.Option(help="Sending agent's name.")] = "cli",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Send a message and print its reply (exit 1 on timeout or dead)."""
+        with Client() as client:
+            reply = client.request(receiver, _payload(payload), sender=sender, timeout_s=timeout)
+        _emit(reply, as_json, json.dumps(reply.payload, indent=2))
+
+    @app.command()
+    def status(message_id: str, as_json: JsonOpt = False) -> None:
+        """A message's status, reply or error, and every attempt."""
+        with Client() as client:
+            state = client.status(message_id)
+        _emit(state, as_json, chain_tree([state]))
+
+    @app.command()
+    def trace(
+        correlation_id: str,
+        mermaid: Annotated[bool, typer.Option("--mermaid", help="A sequence diagram.")] = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """A correlation chain as a tree, with statuses, attempts and timings."""
+        with Client() as client:
+            states = client.trace(correlation_id)
+        if not states:
+            raise typer.BadParameter(f"no messages with correlation id {correlation_id!r}")
+        if mermaid:
+            typer.echo(mermaid_sequence(states))
+            return
+        _emit(states, as_json, chain_tree(states))
+
+    @app.command()
+    def agents(as_json: JsonOpt = False) -> None:
+        """Registered agents with queue depth, consumers online and message counts."""
+        with Client() as client:
+            stats = client.agent_stats()
+        table = Table(
+            "agent", "kind", "queue depth", "consumers", "queued", "delivered", "retrying", "dead"
+        )
+        for row in stats:
+            table.add_row(
+                row.name,
+                row.kind,
+                _opt(row.queue_depth),
+                _opt(row.consumers),
+                str(row.counts.get("queued", 0)),
+                str(row.counts.get("delivered", 0)),
+                str(row.counts.get("retrying", 0)),
+                str(row.counts.get("dead", 0)),
+            )
+        _emit(stats, as_json, table)
+
+    dlq = typer.Typer(help="Dead letters: list, show, redrive, purge.", no_args_is_help=True)
+    app.add_typer(dlq, name="dlq")
+
+    @dlq.command("list")
+    def dlq_list(
+        agent: Annotated[str | None, typer.Option(help="Only this receiver.")] = None,
+        since: Annotated[str | None, typer.Option(help="30m, 2h, 1d or an ISO time.")] = None,
+        reason: Annotated[
+            str | None, typer.Option(help="exhausted|expired|invalid|rejected")
+        ] = None,
+        limit: int = 100,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Dead letters, newest first."""
+        with Client() as client:
+            states = client.dead_letters(
+                receiver=agent, reason=reason, since=_since(since), limit=limit
+            )
+        _emit(states, as_json, _status_table(states))
+
+    @dlq.command("show")
+    def dlq_show(message_id: str, as_json: JsonOpt = False) -> None:
+        """One dead letter: payload, and the error and traceback of every attempt."""
+        with Client() as client:
+            state = client.status(message_id)
+        if as_json:
+            _emit(state, True)
+            return
+        console.print(dead_letter_panel(state))
+        for attempt in state.attempt_log:
+            if attempt.traceback:
+                console.rule(f"attempt {attempt.number} traceback")
+                console.print(attempt.traceback)
+
+    def _select(
+        client: Client,
+        message_id: str | None,
+        correlation: str | None,
+        agent: str | None,
+        all_: bool,
+    ) -> list[str]:
+        if sum(bool(x) for x in (message_id, correlation, agent, all_)) != 1:
+            raise typer.BadParameter("give one of: MESSAGE_ID, --correlation, --agent, --all")
+        if message_id:
+            return [message_id]
+        states = client.dead_letters(receiver=agent, correlation_id=correlation, limit=100_000)
+        return [s.message_id for s in states]
+
+    @dlq.command("redrive")
+    def dlq_redrive(
+        message_id: Annotated[str | None, typer.Argument()] = None,
+        correlation: Annotated[str | None, typer.Option()] = None,
+        agent: Annotated[str | None, typer.Option()] = None,
+        all_: Annotated[bool, typer.Option("--all")] = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Send dead messages again (same id and key, attempt count reset, round recorded)."""
+        with Client() as client:
+            results = [
+                client.redrive(m) for m in _select(client, message_id, correlation, agent, all_)
+            ]
+        _emit(results, as_json, f"redriven: {len(results)}")
+
+    @dlq.command("purge")
+    def dlq_purge(
+        message_id: Annotated[str | None, typer.Argument()] = None,
+        correlation: Annotated[str | None, typer.Option()] = None,
+        agent: Annotated[str | None, typer.Option()] = None,
+        all_: Annotated[bool, typer.Option("--all")] = False,
+        yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Delete dead messages and their attempts for good."""
+        with Client() as client:
+            ids = _select(client, message_id, correlation, agent, all_)
+            if not yes and not typer.confirm(f"Delete {len(ids)} dead message(s)?"):
+                raise typer.Abort()
+            removed = client.purge(ids)
+        _emit({"purged": removed}, as_json, f"purged: {removed}")
+
+
+def _opt(value: int | None) -> str:
+    return "?" if value is None else str(value)
