@@ -133,6 +133,32 @@ def beat(loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO") ->
 
 
 @app.command()
+def flower(
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 5555,
+    address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    unauthenticated: Annotated[
+        bool, typer.Option("--unauthenticated", help="Development only: no basic auth.")
+    ] = False,
+) -> None:
+    """Run Flower on the same broker, with basic auth from AGENTPOST_FLOWER_BASIC_AUTH."""
+    from worker.app import create_app  # noqa: PLC0415
+
+    settings = Settings()
+    auth = settings.flower_basic_auth.get_secret_value()
+    argv = ["flower", f"--port={port}", f"--address={address}"]
+    if auth:
+        os.environ["FLOWER_BASIC_AUTH"] = auth  # not on the command line, where ps shows it
+    elif unauthenticated:
+        os.environ["FLOWER_UNAUTHENTICATED_API"] = "true"
+    else:
+        raise typer.BadParameter(
+            "Flower needs AGENTPOST_FLOWER_BASIC_AUTH=user:password "
+            "(or --unauthenticated for local development)"
+        )
+    create_app(settings).start(argv)
+
+
+@app.command()
 def demo(
     home: Annotated[Path, typer.Option(help="Where the embedded broker and store live.")] = Path(
         ".agentpost/demo"

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     filesystem_polling_s: float = Field(default=0.1, gt=0)
     agent_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     alert_hook: str = Field(default="", description="'module:callable' called on dead letters")
+    flower_basic_auth: SecretStr = Field(
+        default=SecretStr(""), description="'user:password[,user2:password2]' for Flower"
+    )
 
     def __init__(self, **values: Any) -> None:
         # Bad configuration is our ConfigurationError, and its message must not

@@ -376,11 +376,11 @@ def test_plain_celery_command_line_serves_an_agent(
     assert (state.status, state.reply) == ("delivered", [1, 2, 3])
 
 
+@pytest.mark.parametrize("backend", ["amqp"], indirect=True)
 def test_rabbitmq_inboxes_dead_letter_natively(
     backend: Backend, start_worker: Callable[..., Worker]
 ) -> None:
-    if backend.name != "amqp":
-        pytest.skip("x-dead-letter-exchange is a RabbitMQ feature")
+    # x-dead-letter-exchange is a RabbitMQ feature: this runs on RabbitMQ only.
     start_worker().stop()
     settings = backend.settings
     # A message the broker itself rejects from an inbox goes to agentpost.dead_letter

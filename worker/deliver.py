@@ -30,7 +30,7 @@ from messaging.context import Context
 from messaging.envelope import Envelope, dump_json, parse_envelope
 from messaging.errors import DeadLettered, InvalidEnvelope, PermanentError
 from worker.deadletter import dead_letter
-from worker.routing import DELIVER_TASK
+from worker.routing import DELIVER_TASK, summary
 from worker.transports import profile_for
 
 if TYPE_CHECKING:
@@ -326,8 +326,12 @@ def register(app: AgentpostCelery) -> None:
     def deliver(self: Task[Any, Any], envelope: Any) -> dict[str, Any]:
         outcome = deliver_envelope(app, envelope, client=_client(app))
         if outcome.kind == "retry":
-            raise self.retry(
-                countdown=outcome.countdown_s, max_retries=None, exc=_Retrying(outcome.error)
+            raise self.retry(  # type: ignore[call-arg]  # celery-types omits **options
+                countdown=outcome.countdown_s,
+                max_retries=None,
+                exc=_Retrying(outcome.error),
+                # Flower shows the retry's arguments: keep the summary, not the payload.
+                argsrepr=summary(envelope) if isinstance(envelope, dict) else None,
             )
         if outcome.kind == "dead":
             raise DeadLettered(

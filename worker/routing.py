@@ -29,6 +29,7 @@ __all__ = [
     "inbox_name",
     "inbox_queue",
     "publish_delivery",
+    "summary",
     "sweeper_queue",
 ]
 
@@ -124,11 +125,11 @@ def publish_delivery(
         task_id=message_id,
         queue=inbox_queue(receiver, settings),  # type: ignore[arg-type]  # a Queue works too
         priority=profile_for(settings.broker).message_priority(priority),
-        argsrepr=_summary(body),
+        argsrepr=summary(body),
     )
 
 
-def _summary(body: dict[str, Any]) -> str:
+def summary(body: dict[str, Any]) -> str:
     """What Flower shows instead of a possibly large payload."""
     payload = json.dumps(body.get("payload"), default=str)
     if len(payload) > 80:

@@ -1,0 +1,91 @@
+"""Flower, really started against Redis with a worker: what an operator sees."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import AGENTPOST, ROOT, Backend, Worker, wait_final, wait_for
+
+pytestmark = pytest.mark.slow
+AUTH = ("ops", "flower-test-secret")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def flower(backend: Backend) -> Iterator[str]:
+    port = _free_port()
+    env = {**os.environ, **backend.env, "AGENTPOST_FLOWER_BASIC_AUTH": ":".join(AUTH)}
+    log = backend.spool.parent / "flower.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*AGENTPOST, "flower", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/api/workers", auth=AUTH, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, 60, f"Flower on {url}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert b"flower-test-secret" not in log.read_bytes()
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+def test_flower_shows_dead_letters_as_failures_and_retries(
+    backend: Backend, flower: str, start_worker: Callable[..., Worker]
+) -> None:
+    # Given Flower watching (it only knows events it receives) and a worker
+    assert httpx.get(f"{flower}/api/tasks", timeout=5).status_code == 401
+    start_worker("--agents", "doomed,flaky")
+    client = backend.client()
+    dead = client.send("doomed", {"order": 7}, sender="tester").message_id
+    retried = client.send("flaky", {"succeed_on": 3}, sender="tester").message_id
+    assert wait_final(client, dead).status == "dead"
+    assert wait_final(client, retried).status == "delivered"
+
+    def tasks() -> dict[str, Any]:
+        found: dict[str, Any] = httpx.get(f"{flower}/api/tasks", auth=AUTH, timeout=5).json()
+        done = (
+            found.get(dead, {}).get("state") == "FAILURE"
+            and found.get(retried, {}).get("state") == "SUCCESS"
+        )
+        return found if done else {}
+
+    found = wait_for(tasks, 60, "Flower to list both deliveries")
+    # The dead-lettered delivery is a FAILURE with its last error and attempt count
+    assert "boom on attempt 3" in found[dead]["exception"]
+    assert "after 3 attempt(s)" in found[dead]["exception"]
+    # Its arguments show who sent what, not the payload in full
+    assert "tester → doomed" in found[dead]["args"]
+    # The retried one shows its retries
+    assert found[retried]["retries"] == 2
+    workers = httpx.get(f"{flower}/api/workers?refresh=1", auth=AUTH, timeout=20).json()
+    assert any(name.startswith("agentpost.") for name in workers)
