@@ -1,0 +1,58 @@
+"""docker-compose.yml and Procfile (no Docker engine here: check them, run their commands)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from typing import Any
+
+import yaml
+
+from messaging import Settings
+from tests.conftest import AGENTPOST, ROOT
+
+
+def _help(argv: list[str]) -> None:
+    """The command exists and parses: its ``--help`` exits 0."""
+    assert argv[0] == "agentpost", argv
+    sub = [a for a in argv[1:] if not a.startswith("-")][:2]
+    # keep only the (sub)command words: "worker", "db upgrade", ...
+    words = sub[:2] if sub[:1] == ["db"] else sub[:1]
+    done = subprocess.run(
+        [*AGENTPOST, *words, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
+    assert done.returncode == 0, (argv, done.stderr)
+
+
+def test_compose_file_is_complete_and_its_commands_exist() -> None:
+    compose: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "postgres", "migrate", "worker-1", "worker-2", "beat", "flower"} <= set(
+        services
+    )
+    assert "--appendonly" in services["redis"]["command"]
+    known = {f"AGENTPOST_{name.upper()}" for name in Settings.model_fields}
+    for name, service in services.items():
+        for key in service.get("environment", {}):
+            if key.startswith("AGENTPOST_"):
+                assert key in known, f"{name}: unknown setting {key}"
+        if "command" in service and service.get("build"):
+            _help(service["command"])
+    assert services["flower"]["environment"]["AGENTPOST_FLOWER_BASIC_AUTH"].startswith("${")
+    assert services["worker-1"]["depends_on"]["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
+
+
+def test_procfile_processes_exist() -> None:
+    lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()]
+    processes = dict(line.split(":", 1) for line in lines)
+    assert {"worker", "beat", "flower", "release"} <= set(processes)
+    for command in processes.values():
+        _help(shlex.split(command.replace("${PORT:-5555}", "5555")))
