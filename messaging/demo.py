@@ -41,21 +41,27 @@ def run_demo(home: Path, *, timeout_s: float = 120.0) -> int:
     settings = Settings(home=home)
     console.rule("agentpost demo — embedded default (filesystem broker + SQLite)")
     console.print(f"store and broker under {settings.home}")
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "messaging.cli",
-            "worker",
-            "messaging.examples",
-            "--beat",
-            "--concurrency",
-            "2",
-            "--loglevel",
-            "WARNING",
-        ],
-        env=env,
-    )
+    settings.home.mkdir(parents=True, exist_ok=True)
+    log_path = settings.home / "worker.log"
+    console.print(f"worker log: {log_path}")
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "messaging.cli",
+                "worker",
+                "messaging.examples",
+                "--beat",
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "INFO",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         client = Client(settings)
 
