@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     filesystem_polling_s: float = Field(default=0.1, gt=0)
     agent_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
     alert_hook: str = Field(default="", description="'module:callable' called on dead letters")
+    alert_webhook_url: SecretStr = Field(
+        default=SecretStr(""), description="URL that gets a JSON POST per dead letter"
+    )
+    alert_webhook_retries: int = Field(default=3, ge=0)
     flower_basic_auth: SecretStr = Field(
         default=SecretStr(""), description="'user:password[,user2:password2]' for Flower"
     )
@@ -85,6 +89,16 @@ class Settings(BaseSettings):
             raise ConfigurationError(
                 f"AGENTPOST_NAMESPACE {value!r} is invalid: use at most 32 lower-case "
                 "letters, digits, '_', '.' or '-'"
+            )
+        return value
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _check_webhook(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"AGENTPOST_ALERT_WEBHOOK_URL {_redact(url)!r} must be an http(s) URL"
             )
         return value
 

@@ -7,9 +7,13 @@ filesystem broker there is no native DLX, so this publish is the only route ther
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +81,15 @@ def dead_letter(
         # The row is dead in the store already; a lost DLX copy must not fail delivery.
         log.exception("could not publish dead letter %s to the DLX", letter.message_id)
     _alert(settings.alert_hook, letter)
+    webhook = settings.alert_webhook_url.get_secret_value()
+    if webhook:
+        _in_background(_post, webhook, letter, settings.alert_webhook_retries)
     return letter
+
+
+def _in_background(target: Any, *args: Any) -> None:
+    # A slow or failing alert must never hold up the worker.
+    threading.Thread(target=target, args=args, name="agentpost-alert", daemon=True).start()
 
 
 def _alert(hook: str, letter: DeadLetter) -> None:
@@ -90,8 +102,29 @@ def _alert(hook: str, letter: DeadLetter) -> None:
         except Exception:
             log.exception("alert hook %s failed for %s", hook, letter.message_id)
 
-    # A slow or failing hook must never hold up the worker.
-    threading.Thread(target=call, name="agentpost-alert", daemon=True).start()
+    _in_background(call)
+
+
+def _post(url: str, letter: DeadLetter, retries: int) -> None:
+    """POST the dead letter as JSON, retrying with backoff; failures are logged only."""
+    body = json.dumps(asdict(letter), default=str).encode()
+    for attempt in range(retries + 1):
+        request = urllib.request.Request(
+            url, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                if 200 <= response.status < 300:
+                    return
+        except (urllib.error.URLError, OSError) as exc:
+            error = str(exc)
+        else:
+            error = f"HTTP {response.status}"
+        if attempt < retries:
+            time.sleep(0.5 * 2**attempt)
+    # The URL may carry a token: log the host only.
+    host = urllib.parse.urlsplit(url).hostname
+    log.error("alert webhook on %s failed for %s: %s", host, letter.message_id, error)
 
 
 def _str_or_none(value: Any) -> str | None:
