@@ -95,7 +95,7 @@ class Worker:
             # Warm shutdown through the main process, as an operator would do it.
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=8)
             except subprocess.TimeoutExpired:
                 self.kill()
 
