@@ -65,6 +65,7 @@ from bench.throughput import (  # noqa: E402
     child_env,
     clean_redis,
     fresh_database,
+    raw_worker_argv,
     start_worker,
     stop_worker,
     table,
@@ -126,26 +127,7 @@ def run_raw(args: argparse.Namespace, token: str, workdir: Path) -> Series:
     from bench import rawecho  # noqa: PLC0415
 
     queue = f"bench.{token}.echo"
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "bench.rawecho",
-        "worker",
-        "-c",
-        str(args.concurrency),
-        "-P",
-        "prefork",
-        "--without-mingle",
-        "--without-gossip",
-        "-Q",
-        queue,
-        "-l",
-        "WARNING",
-        "-n",
-        f"bench-{token}-echo@%h",
-    ]
+    argv = raw_worker_argv("bench.rawecho", args.concurrency, queue, f"bench-{token}-echo@%h")
     log = workdir / "raw.log"
     app = rawecho.make_app(args.redis_url)
     proc = start_worker(argv, child_env({"BENCH_REDIS_URL": args.redis_url}), log)

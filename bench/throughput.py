@@ -153,6 +153,30 @@ def cpu_per_message(before: dict[str, float], after: dict[str, float], n: int) -
 # -- processes -----------------------------------------------------------------------
 
 
+def raw_worker_argv(app_module: str, concurrency: int, queue: str, name: str) -> list[str]:
+    """A raw Celery prefork worker on one queue, as both benchmarks start it."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app_module,
+        "worker",
+        "-c",
+        str(concurrency),
+        "-P",
+        "prefork",
+        "--without-mingle",
+        "--without-gossip",
+        "-Q",
+        queue,
+        "-l",
+        "WARNING",
+        "-n",
+        name,
+    ]
+
+
 def start_worker(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as fh:
         return subprocess.Popen(
@@ -277,26 +301,9 @@ def run_raw(
             "BENCH_RAW_CONFIG": ",".join(sorted(config)),
         }
     )
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "bench.rawapp",
-        "worker",
-        "-c",
-        str(args.concurrency),
-        "-P",
-        "prefork",
-        "--without-mingle",
-        "--without-gossip",
-        "-Q",
-        queue,
-        "-l",
-        "WARNING",
-        "-n",
-        f"bench-{token}-{tag}{repeat}@%h",
-    ]
+    argv = raw_worker_argv(
+        "bench.rawapp", args.concurrency, queue, f"bench-{token}-{tag}{repeat}@%h"
+    )
     log = workdir / f"{tag}{repeat}.log"
     spawned = time.time()
     proc = start_worker(argv, env, log)

@@ -9,6 +9,7 @@ operator's decision (``agentpost db upgrade``), never a side effect of a client.
 from __future__ import annotations
 
 import logging
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -42,6 +43,7 @@ def _config() -> Config:
     return config
 
 
+@cache  # the scripts ship with the code: parse them once per process
 def head_revision() -> str:
     """The newest revision this code ships."""
     head = ScriptDirectory.from_config(_config()).get_current_head()

@@ -28,6 +28,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     storage.dispose_engines()
 
 
+def _db(env: dict[str, str], command: str) -> subprocess.CompletedProcess[str]:
+    """``agentpost db COMMAND`` as an operator runs it."""
+    return subprocess.run(
+        [*AGENTPOST, "db", command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
 def _tables(engine: Engine) -> set[str]:
     with engine.connect() as conn:
         return set(inspect(conn).get_table_names())
@@ -68,25 +81,9 @@ def test_a_store_behind_is_refused_with_the_command_that_fixes_it(
         "AGENTPOST_DATABASE_URL": database_url,
         "AGENTPOST_HOME": str(tmp_path / "home"),
     }
-    out = subprocess.run(
-        [*AGENTPOST, "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    out = _db(env, "upgrade")
     assert f"store at revision {storage.head_revision()}" in out.stdout
     assert "password" not in out.stdout
     Client(settings).close()
-    current = subprocess.run(
-        [*AGENTPOST, "db", "current"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    current = _db(env, "current")
     assert "up to date" in current.stdout

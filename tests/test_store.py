@@ -25,26 +25,25 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     storage.dispose_engines()
 
 
-def _new(engine: Engine, key: str | None = None) -> str:
+def _row(key: str | None = None) -> storage.NewMessage:
     message_id = str(uuid.uuid4())
-    storage.insert_messages(
-        engine,
-        [
-            storage.NewMessage(
-                id=message_id,
-                idempotency_key=key or message_id,
-                correlation_id=message_id,
-                parent_id=None,
-                sender="a",
-                receiver="b",
-                priority=5,
-                envelope="{}",
-                created_at=time.time(),
-                expires_at=None,
-            )
-        ],
+    return storage.NewMessage(
+        id=message_id,
+        idempotency_key=key or message_id,
+        correlation_id=message_id,
+        parent_id=None,
+        sender="a",
+        receiver="b",
+        priority=5,
+        envelope="{}",
+        created_at=time.time(),
+        expires_at=None,
     )
-    return message_id
+
+
+def _new(engine: Engine, key: str | None = None) -> str:
+    [inserted] = storage.insert_messages(engine, [_row(key)])
+    return inserted.message_id
 
 
 def test_a_claimed_row_cannot_be_claimed_again_until_its_lease_expires(engine: Engine) -> None:
@@ -81,23 +80,7 @@ def test_a_claimed_row_cannot_be_claimed_again_until_its_lease_expires(engine: E
 
 def test_a_repeated_idempotency_key_returns_the_first_message(engine: Engine) -> None:
     first = _new(engine, key="k-1")
-    again = storage.insert_messages(
-        engine,
-        [
-            storage.NewMessage(
-                id=str(uuid.uuid4()),
-                idempotency_key="k-1",
-                correlation_id="c",
-                parent_id=None,
-                sender="a",
-                receiver="b",
-                priority=5,
-                envelope="{}",
-                created_at=time.time(),
-                expires_at=None,
-            )
-        ],
-    )
+    again = storage.insert_messages(engine, [_row("k-1")])
     assert again == [storage.Inserted(first, True, "queued")]
 
 
