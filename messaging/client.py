@@ -250,7 +250,7 @@ class Client(Sender):
         metadata: dict[str, Any] | None = None,
     ) -> list[SendResult]:
         """One tracked message to every registered agent except the sender."""
-        recipients = sorted(name for name in self._refresh_agents_names() if name != sender)
+        recipients = sorted(a.name for a in self._refresh_agents() if a.name != sender)
         return self.send_many(
             fan_out(
                 recipients,
@@ -305,9 +305,6 @@ class Client(Sender):
                 metadata={**(metadata or {}), "topic": topic},
             )
         )
-
-    def _refresh_agents_names(self) -> list[str]:
-        return [a.name for a in self._refresh_agents()]
 
     def _states(self, rows: list[storage.Message]) -> list[MessageState]:
         attempts = storage.attempts_of(self._engine, [r.id for r in rows])
