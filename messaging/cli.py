@@ -142,20 +142,36 @@ def flower(
 ) -> None:
     """Run Flower on the same broker, with basic auth from AGENTPOST_FLOWER_BASIC_AUTH."""
     from worker.app import create_app  # noqa: PLC0415
+    from worker.flower import run_flower  # noqa: PLC0415
+
+    run_flower(create_app(Settings()), port=port, address=address, unauthenticated=unauthenticated)
+
+
+@app.command()
+def metrics(
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 9808,
+    address: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    min_interval: Annotated[
+        float, typer.Option(help="Seconds a scrape result is reused (protects the store).")
+    ] = 5.0,
+    unauthenticated: Annotated[
+        bool, typer.Option("--unauthenticated", help="Development only: no bearer token.")
+    ] = False,
+) -> None:
+    """Serve Prometheus metrics at /metrics (bearer token from AGENTPOST_METRICS_TOKEN)."""
+    from messaging.client import Client  # noqa: PLC0415
+    from messaging.metrics import serve_metrics  # noqa: PLC0415
 
     settings = Settings()
-    auth = settings.flower_basic_auth.get_secret_value()
-    argv = ["flower", f"--port={port}", f"--address={address}"]
-    if auth:
-        os.environ["FLOWER_BASIC_AUTH"] = auth  # not on the command line, where ps shows it
-    elif unauthenticated:
-        os.environ["FLOWER_UNAUTHENTICATED_API"] = "true"
-    else:
+    token = settings.metrics_token.get_secret_value()
+    if not token and not unauthenticated:
         raise typer.BadParameter(
-            "Flower needs AGENTPOST_FLOWER_BASIC_AUTH=user:password "
+            "the metrics endpoint needs AGENTPOST_METRICS_TOKEN "
             "(or --unauthenticated for local development)"
         )
-    create_app(settings).start(argv)
+    serve_metrics(
+        Client(settings), address=address, port=port, token=token, min_interval_s=min_interval
+    )
 
 
 @app.command()

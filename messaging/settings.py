@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     alert_webhook_retries: int = Field(default=3, ge=0)
     flower_basic_auth: SecretStr = Field(
         default=SecretStr(""), description="'user:password[,user2:password2]' for Flower"
+    )
+    metrics_token: SecretStr = Field(
+        default=SecretStr(""), description="bearer token the metrics exporter requires"
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="json: one JSON object per log line, with delivery fields"
     )
 
     def __init__(self, **values: Any) -> None:

@@ -42,12 +42,14 @@ from storage.repository import (
 )
 from storage.schema import create_schema, drop_schema
 from storage.sql import ACTIVE_STATUSES
+from storage.stats import AgentTotals, agent_totals
 from storage.sweeps import overdue, recover_expired
 from storage.tables import Agent, Attempt, Message, Subscription
 
 __all__ = [
     "ACTIVE_STATUSES",
     "Agent",
+    "AgentTotals",
     "Attempt",
     "Claim",
     "Inserted",
@@ -58,6 +60,7 @@ __all__ = [
     "SchemaBehind",
     "Subscription",
     "Taken",
+    "agent_totals",
     "attempts_of",
     "claim",
     "claim_next",

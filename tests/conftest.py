@@ -12,9 +12,11 @@ queue namespace on the broker, and its own spool folder.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -220,6 +222,45 @@ def start_worker(backend: Backend) -> Callable[..., Worker]:
         return worker
 
     return start
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving(
+    backend: Backend, argv: list[str], up: Callable[[], bool], *, env: dict[str, str] | None = None
+) -> Iterator[Path]:
+    """Run an ``agentpost`` server command until the block ends; yields its log file."""
+    log = backend.spool.parent / f"{argv[0]}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*AGENTPOST, *argv],
+            cwd=ROOT,
+            env={**os.environ, **backend.env, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"{argv[0]} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        return up()
+
+    try:
+        wait_for(ready, 60, f"agentpost {argv[0]} to answer")
+        yield log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:

@@ -33,9 +33,16 @@ def _help(argv: list[str]) -> None:
 def test_compose_file_is_complete_and_its_commands_exist() -> None:
     compose: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"redis", "postgres", "migrate", "worker-1", "worker-2", "beat", "flower"} <= set(
-        services
-    )
+    assert {
+        "redis",
+        "postgres",
+        "migrate",
+        "worker-1",
+        "worker-2",
+        "beat",
+        "flower",
+        "metrics",
+    } <= set(services)
     assert "--appendonly" in services["redis"]["command"]
     known = {f"AGENTPOST_{name.upper()}" for name in Settings.model_fields}
     for name, service in services.items():
@@ -53,6 +60,6 @@ def test_compose_file_is_complete_and_its_commands_exist() -> None:
 def test_procfile_processes_exist() -> None:
     lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()]
     processes = dict(line.split(":", 1) for line in lines)
-    assert {"worker", "beat", "flower", "release"} <= set(processes)
+    assert {"worker", "beat", "flower", "metrics", "release"} <= set(processes)
     for command in processes.values():
         _help(shlex.split(command.replace("${PORT:-5555}", "5555")))

@@ -2,42 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import AGENTPOST, ROOT, Backend, Worker, wait_final, wait_for
+from tests.conftest import Backend, Worker, free_port, serving, wait_final, wait_for
 
 pytestmark = pytest.mark.slow
 AUTH = ("ops", "flower-test-secret")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def flower(backend: Backend) -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, **backend.env, "AGENTPOST_FLOWER_BASIC_AUTH": ":".join(AUTH)}
-    log = backend.spool.parent / "flower.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*AGENTPOST, "flower", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{(port := free_port())}"
 
     def up() -> bool:
         try:
@@ -45,16 +24,9 @@ def flower(backend: Backend) -> Iterator[str]:
         except httpx.HTTPError:
             return False
 
-    try:
-        wait_for(up, 60, f"Flower on {url}")
+    env = {"AGENTPOST_FLOWER_BASIC_AUTH": ":".join(AUTH)}
+    with serving(backend, ["flower", "--port", str(port)], up, env=env) as log:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     assert b"flower-test-secret" not in log.read_bytes()
 
 
@@ -89,3 +61,7 @@ def test_flower_shows_dead_letters_as_failures_and_retries(
     assert found[retried]["retries"] == 2
     workers = httpx.get(f"{flower}/api/workers?refresh=1", auth=AUTH, timeout=20).json()
     assert any(name.startswith("agentpost.") for name in workers)
+    # Flower's own Prometheus metrics, behind the same basic auth
+    assert httpx.get(f"{flower}/metrics", timeout=5).status_code == 401
+    scraped = httpx.get(f"{flower}/metrics", auth=AUTH, timeout=5).text
+    assert 'flower_events_total{task="agentpost.deliver",type="task-failed"' in scraped
