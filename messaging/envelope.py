@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 JSON: TypeAlias = JsonValue
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 KNOWN_MAJORS = frozenset({1})
 PRIORITIES: dict[str, int] = {"low": 2, "normal": 5, "high": 7, "urgent": 9}
 Delivery: TypeAlias = Literal["best-effort", "at-least-once", "exactly-once"]
@@ -114,6 +114,8 @@ class Envelope(BaseModel):
     expires_at: datetime | None = None
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
     delivery: Delivery = "at-least-once"
+    # W3C trace context (``traceparent``) of the sender, when OpenTelemetry is on.
+    trace: dict[str, str] = Field(default_factory=dict)
     schema_version: str = SCHEMA_VERSION
 
     def __init__(self, **data: Any) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Self, overload
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 import storage
+from messaging import tracing
 from messaging.envelope import Delivery, Envelope, Priority, dump_json
 from messaging.errors import (
     InvalidEnvelope,
@@ -206,6 +207,8 @@ class Sender:
     def _check(self, envelope: Envelope) -> tuple[Envelope, dict[str, Any]]:
         envelope.check_size(self.settings.max_payload_bytes)
         self._require_agent(envelope.receiver)
+        if not envelope.trace and (context := tracing.current_context()):
+            envelope = envelope.model_copy(update={"trace": context})
         return envelope, envelope.wire()
 
     def _require_agent(self, name: str) -> None:

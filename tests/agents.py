@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import time
@@ -17,6 +18,42 @@ from typing import Any
 from sqlalchemy import text
 
 from messaging import Context, Envelope, PermanentError, agent
+
+log = logging.getLogger("tests.agents")
+
+
+def _trace_to_file(path: str) -> None:
+    """Export this worker's spans as JSON lines, so a test can check their parents."""
+    from opentelemetry import trace  # noqa: PLC0415  (only when the test asks for it)
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import (  # noqa: PLC0415
+        SimpleSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    class FileExporter(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            with open(path, "a") as fh:
+                for span in spans:
+                    assert isinstance(span, ReadableSpan) and span.context is not None
+                    record = {
+                        "name": span.name,
+                        "trace_id": f"{span.context.trace_id:032x}",
+                        "span_id": f"{span.context.span_id:016x}",
+                        "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
+                        "attributes": dict(span.attributes or {}),
+                    }
+                    fh.write(json.dumps(record) + "\n")
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(FileExporter()))
+    trace.set_tracer_provider(provider)
+
+
+if os.environ.get("AGENTPOST_TEST_TRACE_FILE"):
+    _trace_to_file(os.environ["AGENTPOST_TEST_TRACE_FILE"])
 
 
 def _spool() -> Path:
@@ -44,6 +81,7 @@ def _payload(msg: Envelope) -> dict[str, Any]:
 @agent("echo")
 def echo(msg: Envelope, ctx: Context) -> Any:
     _record(msg, ctx, "run")
+    log.info("echo handled")  # a handler's own line carries the delivery fields too
     return msg.payload
 
 

@@ -34,7 +34,7 @@ def test_envelope_defaults_come_from_its_id() -> None:
     env = Envelope(sender="a", receiver="b", payload={"x": [1, 2]})
     assert env.correlation_id == str(env.id) == env.idempotency_key
     assert env.created_at.tzinfo is not None and env.created_at <= datetime.now(UTC)
-    assert (env.attempt, env.priority, env.schema_version) == (0, 5, "1.1")
+    assert (env.attempt, env.priority, env.schema_version) == (0, 5, "1.2")
     assert Envelope.model_validate(env.wire()) == env
     with pytest.raises(Exception, match="frozen"):
         env.sender = "c"  # type: ignore[misc]

@@ -25,10 +25,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlmodel import Session
 
 import storage
+from messaging import tracing
 from messaging.agents import AgentSpec, get_agent
 from messaging.context import Context
 from messaging.envelope import Envelope, dump_json, parse_envelope
 from messaging.errors import DeadLettered, InvalidEnvelope, PermanentError
+from worker import logs
 from worker.deadletter import dead_letter
 from worker.routing import DELIVER_TASK, summary
 from worker.transports import profile_for
@@ -140,6 +142,13 @@ def deliver_envelope(app: AgentpostCelery, raw: Any, *, client: Client) -> Outco
         error = f"attempts exhausted ({claim.attempt - 1}) by lost workers"
         return _dead(app, raw, claim, worker, now, reason="exhausted", error=error, tb=None)
 
+    # On the filesystem broker the store may have picked another message than the task's.
+    logs.note(
+        message_id=message_id,
+        correlation_id=envelope.correlation_id,
+        sender=envelope.sender,
+        attempt=claim.attempt,
+    )
     delivered = envelope.model_copy(update={"attempt": claim.attempt})
     # exactly-once: the handler's ctx.session writes and the completion share one
     # transaction, so a crash in between loses both and the redelivery redoes both.
@@ -261,11 +270,12 @@ def _expired_error(envelope: Envelope) -> str:
     return f"expired at {expires} before a handler took it"
 
 
-def _run(spec: AgentSpec, envelope: Any, ctx: Context) -> Any:
-    result = spec.handler(envelope, ctx)
-    if inspect.isawaitable(result):
-        return asyncio.run(_await(result))
-    return result
+def _run(spec: AgentSpec, envelope: Envelope, ctx: Context) -> Any:
+    with tracing.delivery_span(envelope, attempt=envelope.attempt):
+        result = spec.handler(envelope, ctx)
+        if inspect.isawaitable(result):
+            return asyncio.run(_await(result))
+        return result
 
 
 async def _await(awaitable: Any) -> Any:
@@ -324,7 +334,10 @@ def register(app: AgentpostCelery) -> None:
         retry_jitter=True,
     )
     def deliver(self: Task[Any, Any], envelope: Any) -> dict[str, Any]:
-        outcome = deliver_envelope(app, envelope, client=_client(app))
+        with logs.delivery_context(envelope):
+            started = time.perf_counter()
+            outcome = deliver_envelope(app, envelope, client=_client(app))
+            _log_outcome(outcome, time.perf_counter() - started)
         if outcome.kind == "retry":
             raise self.retry(  # type: ignore[call-arg]  # celery-types omits **options
                 countdown=outcome.countdown_s,
@@ -343,6 +356,32 @@ def register(app: AgentpostCelery) -> None:
             "message_id": outcome.message_id,
             "attempt": outcome.attempt,
         }
+
+
+def _log_outcome(outcome: Outcome, took_s: float) -> None:
+    """The delivery line: one per task run, with the delivery fields attached."""
+    logs.note(attempt=outcome.attempt or None)
+    ms = took_s * 1000
+    if outcome.kind == "delivered":
+        log.info("delivered %s (attempt %d) in %.1f ms", outcome.message_id, outcome.attempt, ms)
+    elif outcome.kind == "retry":
+        log.warning(
+            "attempt %d of %s failed, retry in %.2f s: %s",
+            outcome.attempt,
+            outcome.message_id,
+            outcome.countdown_s,
+            outcome.error,
+        )
+    elif outcome.kind == "dead":
+        log.error(
+            "dead-lettered %s (%s) after %d attempt(s): %s",
+            outcome.message_id,
+            outcome.reason,
+            outcome.attempt,
+            outcome.error,
+        )
+    else:
+        log.info("skipped %s: %s", outcome.message_id, outcome.error or "duplicate task")
 
 
 class _Retrying(Exception):

@@ -10,6 +10,7 @@ from celery import signals
 
 import storage
 from messaging.agents import registered_agents
+from worker import logs
 from worker.routing import dead_letter_queue, inbox_name
 
 if TYPE_CHECKING:
@@ -52,5 +53,11 @@ def connect(app: AgentpostCelery) -> None:
         # Pool children must not reuse connections opened before the fork.
         storage.dispose_engines()
 
+    def on_logging(logger: logging.Logger | None = None, **_: Any) -> None:
+        if logger is not None:
+            logs.configure_handlers(logger, app.settings.log_format)
+
+    signals.after_setup_logger.connect(on_logging, weak=False)
+    signals.after_setup_task_logger.connect(on_logging, weak=False)
     signals.worker_ready.connect(on_ready, weak=False)
     signals.worker_process_init.connect(on_process_init, weak=False)
