@@ -13,6 +13,7 @@ from messaging.errors import (
     ConfigurationError,
     DeadLettered,
     DeliveryError,
+    GatewayError,
     InvalidEnvelope,
     LeaseExpired,
     MessageNotFound,
@@ -24,6 +25,12 @@ from messaging.errors import (
     StoreUnavailable,
     UnknownAgent,
 )
+from messaging.gateway import (
+    A2AClient,
+    AgentInvocationRequest,
+    AgentInvocationResponse,
+    AsyncA2AClient,
+)
 from messaging.mailbox import Mailbox, ReceivedMessage
 from messaging.results import AgentInfo, AttemptInfo, MessageState, Reply, SendResult
 from messaging.settings import Settings
@@ -32,9 +39,13 @@ __all__ = [
     "JSON",
     "PRIORITIES",
     "SCHEMA_VERSION",
+    "A2AClient",
     "AgentInfo",
+    "AgentInvocationRequest",
+    "AgentInvocationResponse",
     "AgentSpec",
     "AgentpostError",
+    "AsyncA2AClient",
     "AsyncClient",
     "AsyncMailbox",
     "AttemptInfo",
@@ -45,6 +56,7 @@ __all__ = [
     "DeadLettered",
     "DeliveryError",
     "Envelope",
+    "GatewayError",
     "InvalidEnvelope",
     "LeaseExpired",
     "Mailbox",

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from messaging import cli_ops
+from messaging import cli_gateway, cli_ops
 from messaging.agents import registered_agents
 from messaging.errors import AgentpostError, SchemaOutdated
 from messaging.settings import Settings
@@ -187,6 +187,7 @@ def demo(
 
 
 cli_ops.register(app)
+cli_gateway.register(app)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 def _emit(value: Any, as_json: bool, render: Any = None) -> None:
     if as_json:
         data = (
-            [v.model_dump(mode="json") for v in value]
+            [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
             if isinstance(value, list)
             else value.model_dump(mode="json")
             if isinstance(value, BaseModel)

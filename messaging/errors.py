@@ -13,6 +13,7 @@
     ├── StoreUnavailable (ConnectionError)   the database did not answer
     ├── SchemaOutdated                       the store's schema is behind: `agentpost db upgrade`
     ├── BrokerUnavailable (ConnectionError)  the broker did not answer
+    ├── GatewayError                         the HTTP gateway refused a call (status, detail)
     └── DeliveryError                        raised on the worker side
         ├── PermanentError                   raise it in a handler to dead-letter at once
         ├── DeadLettered                     the final failure of a delivery task
@@ -24,12 +25,15 @@ boundary (``raise ... from exc``).
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AgentpostError",
     "BrokerUnavailable",
     "ConfigurationError",
     "DeadLettered",
     "DeliveryError",
+    "GatewayError",
     "InvalidEnvelope",
     "LeaseExpired",
     "MessageNotFound",
@@ -109,6 +113,18 @@ class RequestFailed(AgentpostError):
         super().__init__(message)
         self.message_id = message_id
         self.reason = reason
+
+
+class GatewayError(AgentpostError):
+    """The HTTP gateway refused a call: ``status_code`` and its ``detail``."""
+
+    def __init__(
+        self, status_code: int, detail: Any, *, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(f"gateway answered {status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+        self.retry_after_s = retry_after_s
 
 
 class LeaseExpired(DeliveryError):

@@ -19,6 +19,7 @@ from messaging.errors import ConfigurationError
 
 __all__ = ["Settings"]
 
+AuthProvider = Literal["api_key", "jwt", "allow_all"]
 _BROKER_SCHEMES = {"filesystem", "redis", "rediss", "amqp", "pyamqp", "amqps"}
 _DATABASE_BACKENDS = {"sqlite", "postgresql"}
 _NAMESPACE = re.compile(r"^[a-z0-9_.-]{0,32}$")
@@ -59,6 +60,28 @@ class Settings(BaseSettings):
     metrics_token: SecretStr = Field(
         default=SecretStr(""), description="bearer token the metrics exporter requires"
     )
+    gateway_auth: Annotated[list[AuthProvider], NoDecode] = Field(
+        default_factory=lambda: list[AuthProvider](["api_key"]),
+        description="gateway authentication providers, tried in order: api_key, jwt, allow_all",
+    )
+    gateway_secret: SecretStr = Field(
+        default=SecretStr(""), description="server secret keying the API key digests"
+    )
+    dev_allow_all: bool = Field(
+        default=False, description="development only: lets gateway_auth use allow_all"
+    )
+    jwt_key: SecretStr = Field(
+        default=SecretStr(""), description="HMAC secret or PEM public key checking JWTs"
+    )
+    jwt_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["RS256"], description="accepted JWT algorithms (never none)"
+    )
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    rate_limit_per_s: float = Field(default=10.0, gt=0, description="gateway calls per caller")
+    rate_limit_burst: float = Field(default=20.0, ge=1)
+    gateway_max_body_bytes: int = Field(default=0, ge=0, description="0: payload limit + 64 KiB")
+    gateway_max_timeout_s: float = Field(default=300.0, gt=0)
     log_format: Literal["text", "json"] = Field(
         default="text", description="json: one JSON object per log line, with delivery fields"
     )
@@ -81,6 +104,22 @@ class Settings(BaseSettings):
     def _split_modules(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("gateway_auth", "jwt_algorithms", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _check_algorithms(cls, value: list[str]) -> list[str]:
+        if not value or any(a.lower() == "none" for a in value):
+            raise ConfigurationError(
+                "AGENTPOST_JWT_ALGORITHMS must name signing algorithms; 'none' is never accepted"
+            )
         return value
 
     @field_validator("home")
@@ -150,6 +189,11 @@ class Settings(BaseSettings):
                 "redelivers a retry that waits longer than the visibility timeout"
             )
         return self
+
+    @property
+    def gateway_body_limit(self) -> int:
+        """Largest request body the gateway reads."""
+        return self.gateway_max_body_bytes or self.max_payload_bytes + 64 * 1024
 
     @property
     def broker(self) -> str:

@@ -5,6 +5,9 @@ It imports nothing of ``messaging`` or ``worker``: callers pass engines and valu
 
 from __future__ import annotations
 
+from storage.audit import audit_entries, record_audit
+from storage.buckets import take_token
+from storage.credentials import add_key, find_key, list_keys, revoke_keys
 from storage.engine import dispose_engines, engine_for
 from storage.migrate import SchemaBehind, current_revision, head_revision, upgrade
 from storage.queries import (
@@ -44,24 +47,29 @@ from storage.schema import create_schema, drop_schema
 from storage.sql import ACTIVE_STATUSES
 from storage.stats import AgentTotals, agent_totals
 from storage.sweeps import overdue, recover_expired
-from storage.tables import Agent, Attempt, Message, Subscription
+from storage.tables import Agent, ApiKey, Attempt, AuditEntry, Message, RateBucket, Subscription
 
 __all__ = [
     "ACTIVE_STATUSES",
     "Agent",
     "AgentTotals",
+    "ApiKey",
     "Attempt",
+    "AuditEntry",
     "Claim",
     "Inserted",
     "Message",
     "NewMessage",
     "Outcome",
+    "RateBucket",
     "Republish",
     "SchemaBehind",
     "Subscription",
     "Taken",
+    "add_key",
     "agent_totals",
     "attempts_of",
+    "audit_entries",
     "claim",
     "claim_next",
     "complete",
@@ -71,23 +79,28 @@ __all__ = [
     "dispose_engines",
     "drop_schema",
     "engine_for",
+    "find_key",
     "get_message",
     "head_revision",
     "insert_messages",
     "list_agents",
+    "list_keys",
     "mark_dead",
     "outcome_of",
     "overdue",
     "peek",
     "purge",
+    "record_audit",
     "recover_expired",
     "redrive",
     "register_agents",
     "register_mailbox",
+    "revoke_keys",
     "schedule_retry",
     "status_counts",
     "subscribe",
     "subscriptions",
+    "take_token",
     "trace",
     "unsubscribe",
     "upgrade",

@@ -8,14 +8,26 @@ from sqlalchemy import and_, or_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from storage.tables import Agent, Attempt, Message, Subscription, table_of
+from storage.tables import (
+    Agent,
+    ApiKey,
+    Attempt,
+    AuditEntry,
+    Message,
+    RateBucket,
+    Subscription,
+    table_of,
+)
 
 __all__ = [
     "ACTIVE_STATUSES",
     "AGENTS",
+    "API_KEYS",
     "ATTEMPTS",
+    "AUDIT",
     "CLAIMABLE",
     "MESSAGES",
+    "RATE_BUCKETS",
     "SUBSCRIPTIONS",
     "claimable",
     "dialect_insert",
@@ -26,6 +38,9 @@ MESSAGES = table_of(Message)
 ATTEMPTS = table_of(Attempt)
 AGENTS = table_of(Agent)
 SUBSCRIPTIONS = table_of(Subscription)
+API_KEYS = table_of(ApiKey)
+AUDIT = table_of(AuditEntry)
+RATE_BUCKETS = table_of(RateBucket)
 
 ACTIVE_STATUSES = ("queued", "running", "retrying")
 CLAIMABLE = ("queued", "retrying")

@@ -12,7 +12,16 @@ from sqlalchemy import Column, Index, Text
 from sqlalchemy import Table as SATable
 from sqlmodel import Field, SQLModel
 
-__all__ = ["Agent", "Attempt", "Message", "Subscription", "table_of"]
+__all__ = [
+    "Agent",
+    "ApiKey",
+    "Attempt",
+    "AuditEntry",
+    "Message",
+    "RateBucket",
+    "Subscription",
+    "table_of",
+]
 
 
 class Message(SQLModel, table=True):
@@ -92,6 +101,49 @@ class Subscription(SQLModel, table=True):
     agent: str = Field(primary_key=True, max_length=64)
     pattern: str = Field(primary_key=True, max_length=255)
     created_at: float
+
+
+class ApiKey(SQLModel, table=True):
+    """A gateway caller's API key: only its HMAC digest is kept, never the key."""
+
+    __tablename__ = "agentpost_api_keys"
+
+    id: str = Field(primary_key=True, max_length=32)
+    subject: str = Field(max_length=64, index=True)
+    # HMAC-SHA256(server secret, key), hex.
+    digest: str = Field(max_length=64)
+    # Comma-separated agent names ("*" for all) and operations.
+    agents: str = Field(sa_column=Column(Text, nullable=False))
+    operations: str = Field(max_length=255)
+    created_at: float
+    revoked_at: float | None = None
+
+
+class AuditEntry(SQLModel, table=True):
+    """Who did what through the gateway, including refused attempts."""
+
+    __tablename__ = "agentpost_audit"
+    __table_args__ = (Index("ix_agentpost_audit_at", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: float
+    subject: str = Field(max_length=64)
+    action: str = Field(max_length=32)
+    agent: str | None = Field(default=None, max_length=64)
+    message_id: str | None = Field(default=None, max_length=36)
+    # ok | denied | limited | failed | timeout
+    outcome: str = Field(max_length=16)
+    detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class RateBucket(SQLModel, table=True):
+    """A caller's token bucket, when the limiter keeps it in the store."""
+
+    __tablename__ = "agentpost_rate_buckets"
+
+    subject: str = Field(primary_key=True, max_length=64)
+    tokens: float
+    updated_at: float
 
 
 def table_of(model: type[SQLModel]) -> SATable:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from kombu import Connection
 from sqlalchemy import create_engine, text
@@ -261,6 +262,82 @@ def serving(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+JWT_SECRET = "jwt-test-secret-that-is-long-enough-for-hs256"
+GATEWAY_ENV = {
+    "AGENTPOST_GATEWAY_SECRET": "gateway-test-secret",
+    "AGENTPOST_GATEWAY_AUTH": "api_key,jwt",
+    "AGENTPOST_JWT_KEY": JWT_SECRET,
+    "AGENTPOST_JWT_ALGORITHMS": "HS256",
+    "AGENTPOST_JWT_ISSUER": "agentpost-tests",
+    "AGENTPOST_JWT_AUDIENCE": "agentpost",
+    "AGENTPOST_RATE_LIMIT_PER_S": "1000",
+    "AGENTPOST_RATE_LIMIT_BURST": "1000",
+}
+
+
+@dataclass
+class Gateway:
+    """A running ``agentpost serve`` and a key allowed to use ``echo`` and ``doomed``."""
+
+    url: str
+    api_key: str
+    log: Path
+
+
+def agentpost_cli(backend: Backend, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run one ``agentpost`` command the way an operator would."""
+    return subprocess.run(
+        [*AGENTPOST, *args],
+        cwd=ROOT,
+        env={**os.environ, **backend.env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def create_key(backend: Backend, subject: str, agents: str, ops: str) -> tuple[str, str]:
+    """``agentpost keys create``: (key id, key)."""
+    done = agentpost_cli(
+        backend, "keys", "create", subject, "--agents", agents, "--ops", ops, "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    created = json.loads(done.stdout)
+    return created["id"], created["key"]
+
+
+@pytest.fixture
+def start_gateway(backend: Backend) -> Iterator[Callable[..., Gateway]]:
+    """Start ``agentpost serve`` (API keys + JWT) with extra settings; stopped at the end."""
+    stack = contextlib.ExitStack()
+
+    def start(**env: str) -> Gateway:
+        backend.env.update(GATEWAY_ENV)
+        backend.env.update(env)
+        _, key = create_key(backend, "caller", "echo,doomed,slow", "invoke,send,read,redrive")
+        url = f"http://127.0.0.1:{(port := free_port())}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz", timeout=2).status_code == 401
+            except httpx.HTTPError:
+                return False
+
+        log = stack.enter_context(serving(backend, ["serve", "--port", str(port)], up))
+        return Gateway(url, key, log)
+
+    with stack:
+        yield start
+
+
+@pytest.fixture
+def gateway(start_gateway: Callable[..., Gateway], start_worker: Callable[..., Worker]) -> Gateway:
+    """A gateway in front of a worker serving ``echo``, ``doomed`` and ``slow``."""
+    start_worker("--agents", "echo,doomed,slow")
+    return start_gateway()
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:

@@ -60,6 +60,8 @@ def test_compose_file_is_complete_and_its_commands_exist() -> None:
 def test_procfile_processes_exist() -> None:
     lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()]
     processes = dict(line.split(":", 1) for line in lines)
-    assert {"worker", "beat", "flower", "metrics", "release"} <= set(processes)
+    assert {"worker", "beat", "flower", "metrics", "web", "release"} <= set(processes)
     for command in processes.values():
-        _help(shlex.split(command.replace("${PORT:-5555}", "5555")))
+        _help(
+            shlex.split(command.replace("${PORT:-5555}", "5555").replace("${PORT:-8000}", "8000"))
+        )

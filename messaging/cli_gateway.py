@@ -1,0 +1,150 @@
+"""Gateway commands: ``serve``, ``keys create|list|revoke``, ``audit``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from sqlalchemy import Engine
+
+import storage
+from messaging.cli_ops import JsonOpt, _emit, _since
+from messaging.gateway.auth import OPERATIONS, check_gateway_settings, create_api_key
+from messaging.settings import Settings
+
+__all__ = ["register"]
+
+
+def _when(epoch: float | None) -> str:
+    return "" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _engine(settings: Settings) -> Engine:
+    engine = storage.engine_for(settings.database)
+    storage.create_schema(engine)
+    return engine
+
+
+def register(app: typer.Typer) -> None:
+    """Add the gateway commands to the ``agentpost`` command line."""
+    keys = typer.Typer(help="Gateway API keys (stored only as HMAC digests).", no_args_is_help=True)
+    app.add_typer(keys, name="keys")
+
+    @app.command()
+    def serve(
+        port: Annotated[int, typer.Option(help="HTTP port.")] = 8000,
+        host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+        workers: Annotated[int, typer.Option(min=1, help="Server processes.")] = 1,
+    ) -> None:
+        """Serve the HTTP gateway (OpenAPI at /openapi.json, A2A under /a2a/AGENT)."""
+        import uvicorn  # noqa: PLC0415  (only this command needs the server)
+
+        check_gateway_settings(Settings())  # refuse before binding the port
+        uvicorn.run(
+            "messaging.gateway.app:create_gateway",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            access_log=False,
+        )
+
+    @keys.command("create")
+    def keys_create(
+        subject: Annotated[str, typer.Argument(help="The caller; it becomes the sender.")],
+        agents: Annotated[str, typer.Option(help="Comma-separated agents it may call, or '*'.")],
+        ops: Annotated[
+            str, typer.Option(help=f"Comma-separated operations: {', '.join(OPERATIONS)}.")
+        ] = "invoke,send,read",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Create a key and print it ONCE (only its digest is stored)."""
+        settings = Settings()
+        row, key = create_api_key(
+            _engine(settings),
+            settings,
+            subject,
+            agents=[a.strip() for a in agents.split(",") if a.strip()],
+            operations=[o.strip() for o in ops.split(",") if o.strip()],
+        )
+        info = {"id": row.id, "subject": row.subject, "agents": row.agents, "ops": row.operations}
+        if as_json:
+            _emit({**info, "key": key}, True)
+        else:
+            typer.echo(key)
+            typer.echo(
+                f"key {row.id} for {row.subject}: agents {row.agents}, ops {row.operations} "
+                "(store it now: it is not shown again)",
+                err=True,
+            )
+
+    @keys.command("list")
+    def keys_list(as_json: JsonOpt = False) -> None:
+        """Every key: id, subject, grants, created, revoked (never the key or digest)."""
+        rows = storage.list_keys(_engine(Settings()))
+        data = [
+            {
+                "id": r.id,
+                "subject": r.subject,
+                "agents": r.agents,
+                "ops": r.operations,
+                "created_at": _when(r.created_at),
+                "revoked_at": _when(r.revoked_at) or None,
+            }
+            for r in rows
+        ]
+        table = Table("id", "subject", "agents", "ops", "created", "revoked")
+        for d in data:
+            table.add_row(*(str(d[k] or "") for k in d))
+        _emit(data, as_json, table)
+
+    @keys.command("revoke")
+    def keys_revoke(
+        key_id: Annotated[str | None, typer.Argument(help="The key's id.")] = None,
+        subject: Annotated[str | None, typer.Option(help="Revoke every key of it.")] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Revoke a key by id, or every key of a subject."""
+        if (key_id is None) == (subject is None):
+            raise typer.BadParameter("give a KEY_ID or --subject")
+        count = storage.revoke_keys(
+            _engine(Settings()), key_id=key_id, subject=subject, now=datetime.now(UTC).timestamp()
+        )
+        if count == 0:
+            typer.secho("no active key matched", err=True, fg="red")
+            raise typer.Exit(1)
+        _emit({"revoked": count}, as_json, f"revoked {count} key(s)")
+
+    @app.command()
+    def audit(
+        subject: Annotated[str | None, typer.Option(help="Only this caller.")] = None,
+        since: Annotated[str | None, typer.Option(help="30m, 2h, 1d or an ISO time.")] = None,
+        outcome: Annotated[
+            str | None, typer.Option(help="ok, denied, limited, failed or timeout.")
+        ] = None,
+        limit: Annotated[int, typer.Option(min=1)] = 100,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Who did what through the gateway, newest first (refusals included)."""
+        rows = storage.audit_entries(
+            _engine(Settings()), subject=subject, since=_since(since), outcome=outcome, limit=limit
+        )
+        data = [
+            {
+                "at": _when(r.at),
+                "subject": r.subject,
+                "action": r.action,
+                "agent": r.agent,
+                "message_id": r.message_id,
+                "outcome": r.outcome,
+                "detail": r.detail,
+            }
+            for r in rows
+        ]
+        table = Table("at", "subject", "action", "agent", "message", "outcome", "detail")
+        for d in data:
+            table.add_row(*(str(d[k] or "") for k in d))
+        _emit(data, as_json, table)

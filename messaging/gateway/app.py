@@ -1,0 +1,443 @@
+"""The HTTP gateway: agents in other services reach ours through the bus.
+
+Every path is authenticated (middleware, before the body is even parsed), then
+rate limited per caller, then authorized per agent and operation (default deny);
+refusals store and enqueue nothing and are audited. The authenticated subject is
+the envelope's sender, and idempotency keys are scoped to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPBearer
+from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import storage
+from messaging.client import Client
+from messaging.errors import (
+    AgentpostError,
+    BrokerUnavailable,
+    InvalidEnvelope,
+    MessageNotFound,
+    PayloadTooLarge,
+    RequestFailed,
+    RequestTimeout,
+    StoreUnavailable,
+    UnknownAgent,
+)
+from messaging.gateway.a2a import A2AResult, add_a2a_routes
+from messaging.gateway.auth import (
+    Authenticator,
+    AuthFailed,
+    Operation,
+    Principal,
+    check_gateway_settings,
+)
+from messaging.gateway.models import (
+    AgentInvocationRequest,
+    AgentInvocationResponse,
+    ErrorBody,
+    MessageAccepted,
+    MessageRequest,
+    public_state,
+)
+from messaging.gateway.ratelimit import RateLimiter
+from messaging.results import MessageState
+from messaging.settings import Settings
+
+__all__ = ["create_gateway"]
+
+log = logging.getLogger("agentpost.gateway")
+
+# Documented in the OpenAPI schema; the check itself runs in the middleware.
+_SECURITY = [
+    Depends(APIKeyHeader(name="X-API-Key", auto_error=False)),
+    Depends(HTTPBearer(auto_error=False)),
+]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 403, 404, 413, 422, 429, 503)
+}
+
+
+class _BodyLimit:
+    """413 for a body over the limit, counted as it arrives (chunked bodies too).
+
+    The body is read here, up to the limit, then replayed to the app: a streamed
+    body that turns out too large is refused before any route sees a byte of it.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(self.limit)(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                await _too_large(self.limit)(scope, receive, send)
+                return
+        body, sent = b"".join(chunks), False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
+
+
+class Gateway:
+    """The gateway's state: settings, per-thread clients, authenticator, limiter."""
+
+    def __init__(self, settings: Settings) -> None:
+        check_gateway_settings(settings)
+        self.settings = settings
+        self.engine = storage.engine_for(settings.database)
+        storage.create_schema(self.engine)
+        self.auth = Authenticator(settings, self.engine)
+        self.limiter = RateLimiter(settings)
+        self._local = threading.local()
+
+    @property
+    def client(self) -> Client:
+        # One client per server thread: a Client holds broker connections.
+        client: Client | None = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = Client(self.settings)
+        return client
+
+    def audit(
+        self,
+        subject: str,
+        action: str,
+        outcome: str,
+        *,
+        agent: str | None = None,
+        message_id: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        storage.record_audit(
+            self.engine,
+            storage.AuditEntry(
+                at=time.time(),
+                subject=subject,
+                action=action,
+                agent=agent,
+                message_id=message_id,
+                outcome=outcome,
+                detail=detail,
+            ),
+        )
+
+    def require(self, principal: Principal, operation: Operation, agent: str) -> None:
+        """403 (audited) unless ``principal`` may do ``operation`` on ``agent``."""
+        if not principal.may(operation, agent):
+            self.audit(principal.subject, operation, "denied", agent=agent, detail="forbidden")
+            raise HTTPException(403, f"{principal.subject!r} may not {operation} {agent!r}")
+
+    def sender(self, principal: Principal, claimed: str | None, action: str, agent: str) -> str:
+        """The envelope's sender: the subject; a body claiming another is refused."""
+        if principal.via == "allow_all":
+            return claimed or principal.subject
+        if claimed is not None and claimed != principal.subject:
+            self.audit(principal.subject, action, "denied", agent=agent, detail="spoofed sender")
+            raise HTTPException(
+                403,
+                f"source_agent {claimed!r} is not the authenticated caller {principal.subject!r}",
+            )
+        return principal.subject
+
+    def may_read(self, principal: Principal, state: MessageState) -> bool:
+        """Read your own messages, or those sent to agents you may read."""
+        return "read" in principal.operations and (
+            state.sender == principal.subject or principal.may("read", state.receiver)
+        )
+
+    def invoke(
+        self, principal: Principal, agent: str, body: AgentInvocationRequest
+    ) -> AgentInvocationResponse:
+        """Send through the bus and wait for the reply (504 with the id on timeout)."""
+        self.require(principal, "invoke", agent)
+        if body.target_agent is not None and body.target_agent != agent:
+            raise HTTPException(
+                422, f"target_agent {body.target_agent!r} is not the agent in the path {agent!r}"
+            )
+        sender = self.sender(principal, body.source_agent, "invoke", agent)
+        timeout_s = min(body.timeout_s, self.settings.gateway_max_timeout_s)
+        context = {
+            "run_id": body.run_id,
+            "thread_id": body.thread_id,
+            "conversation_id": body.conversation_id,
+        }
+        metadata = {**body.metadata, **{k: v for k, v in context.items() if v is not None}}
+        try:
+            reply = self.client.request(
+                agent,
+                body.payload,
+                sender=sender,
+                timeout_s=timeout_s,
+                correlation_id=body.correlation_id or body.conversation_id,
+                idempotency_key=_scoped(principal, body.idempotency_key),
+                metadata=metadata,
+            )
+        except RequestTimeout as exc:
+            self.audit(sender, "invoke", "timeout", agent=agent, message_id=exc.message_id)
+            raise _Timeout(str(exc), exc.message_id) from None
+        except RequestFailed as exc:
+            self.audit(sender, "invoke", "failed", agent=agent, message_id=exc.message_id)
+            return AgentInvocationResponse(
+                run_id=body.run_id, success=False, error=str(exc), message_id=exc.message_id
+            )
+        self.audit(sender, "invoke", "ok", agent=agent, message_id=reply.parent_id)
+        return AgentInvocationResponse(
+            run_id=body.run_id, success=True, output=reply.payload, message_id=reply.parent_id
+        )
+
+
+class _Timeout(Exception):
+    def __init__(self, detail: str, message_id: str) -> None:
+        super().__init__(detail)
+        self.message_id = message_id
+
+
+def _scoped(principal: Principal, key: str | None) -> str | None:
+    # Keys are per caller: another caller's key must not return this caller's result.
+    return None if key is None else f"{principal.subject}:{key}"
+
+
+def create_gateway(settings: Settings | None = None) -> FastAPI:
+    """The FastAPI app (``agentpost serve`` runs it with uvicorn).
+
+    Raises:
+        ConfigurationError: an authentication provider that is not safely configured.
+    """
+    gateway = Gateway(settings or Settings())
+    app = FastAPI(
+        title="agentpost gateway",
+        version="1",
+        description="Invoke and message agents over HTTP. Every route needs X-API-Key "
+        "or Authorization: Bearer (an API key or a JWT).",
+        docs_url=None,
+        redoc_url=None,
+        responses=_ERRORS,
+    )
+    app.state.gateway = gateway
+    _add_auth_middleware(app, gateway)
+    app.add_middleware(_BodyLimit, limit=gateway.settings.gateway_body_limit)
+    _add_error_handlers(app)
+    _add_routes(app, gateway)
+
+    async def a2a_invoke(
+        request: Request,
+        agent: str,
+        payload: Any,
+        *,
+        context_id: str | None,
+        a2a_message_id: str | None,
+    ) -> A2AResult:
+        body = AgentInvocationRequest(
+            target_agent=agent,
+            payload=payload,
+            conversation_id=context_id,
+            idempotency_key=a2a_message_id,
+        )
+        try:
+            done = await run_in_threadpool(gateway.invoke, _principal(request), agent, body)
+        except _Timeout as exc:
+            raise HTTPException(504, str(exc)) from None
+        return A2AResult(done.success, done.output, done.error, done.message_id)
+
+    add_a2a_routes(app, invoke=a2a_invoke, agent_names=lambda: _agent_names(gateway))
+    return app
+
+
+def _agent_names(gateway: Gateway) -> list[str]:
+    return [a.name for a in gateway.client.agents()]
+
+
+def _principal(request: Request) -> Principal:
+    principal: Principal = request.state.principal
+    return principal
+
+
+Caller = Annotated[Principal, Depends(_principal)]
+
+
+def _add_auth_middleware(app: FastAPI, gateway: Gateway) -> None:
+    @app.middleware("http")
+    async def authenticate(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        try:
+            principal = await run_in_threadpool(gateway.auth.authenticate, request.headers)
+        except AuthFailed as exc:
+            await run_in_threadpool(
+                gateway.audit,
+                exc.subject,
+                f"{request.method} {request.url.path}"[:32],
+                "denied",
+                detail=str(exc),
+            )
+            return JSONResponse(
+                {"detail": f"unauthenticated: {exc}"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer, ApiKey header="X-API-Key"'},
+            )
+        wait_s = await run_in_threadpool(gateway.limiter.wait_s, principal.subject)
+        if wait_s > 0:
+            await run_in_threadpool(
+                gateway.audit, principal.subject, "rate", "limited", detail=request.url.path
+            )
+            return JSONResponse(
+                {"detail": f"rate limit: {gateway.settings.rate_limit_per_s:g}/s per caller"},
+                status_code=429,
+                headers={"Retry-After": str(max(1, round(wait_s + 0.5)))},
+            )
+        request.state.principal = principal
+        return await call_next(request)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    statuses: list[tuple[type[AgentpostError], int]] = [
+        (UnknownAgent, 404),
+        (MessageNotFound, 404),
+        (PayloadTooLarge, 413),
+        (InvalidEnvelope, 422),
+        (StoreUnavailable, 503),
+        (BrokerUnavailable, 503),
+    ]
+    for error, status in statuses:
+
+        def handle(_: Request, exc: Exception, status: int = status) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+
+        app.add_exception_handler(error, handle)
+
+    def timed_out(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, _Timeout)
+        body = {"detail": str(exc), "message_id": exc.message_id}
+        return JSONResponse(body, status_code=504)
+
+    app.add_exception_handler(_Timeout, timed_out)
+
+
+def _add_routes(app: FastAPI, gateway: Gateway) -> None:
+
+    @app.post(
+        "/v1/agents/{agent}/invoke",
+        dependencies=_SECURITY,
+        responses={504: {"model": ErrorBody, "description": "no reply in time"}},
+    )
+    def invoke(agent: str, body: AgentInvocationRequest, caller: Caller) -> AgentInvocationResponse:
+        """Send to ``agent`` through the bus and wait for its reply."""
+        return gateway.invoke(caller, agent, body)
+
+    @app.post("/v1/messages", status_code=202, dependencies=_SECURITY)
+    def send(body: MessageRequest, caller: Caller) -> MessageAccepted:
+        """Send without waiting: 202 with the message id."""
+        agent = body.target_agent
+        gateway.require(caller, "send", agent)
+        sender = gateway.sender(caller, body.source_agent, "send", agent)
+        sent = gateway.client.send(
+            agent,
+            body.payload,
+            sender=sender,
+            correlation_id=body.correlation_id,
+            idempotency_key=_scoped(caller, body.idempotency_key),
+            priority=body.priority,
+            ttl_s=body.ttl_s,
+            metadata=body.metadata,
+        )
+        gateway.audit(sender, "send", "ok", agent=agent, message_id=sent.message_id)
+        return MessageAccepted(**sent.model_dump())
+
+    @app.get("/v1/messages/{message_id}", dependencies=_SECURITY)
+    def message(message_id: str, caller: Caller) -> MessageState:
+        """A message's status, every attempt, and its reply."""
+        state = gateway.client.status(message_id)
+        if not gateway.may_read(caller, state):
+            gateway.require(caller, "read", state.receiver)
+        return public_state(state)
+
+    @app.get("/v1/correlations/{correlation_id}", dependencies=_SECURITY)
+    def correlation(correlation_id: str, caller: Caller) -> list[MessageState]:
+        """The chain: every message of the correlation this caller may read."""
+        if "read" not in caller.operations:
+            gateway.require(caller, "read", "*")
+        chain = [
+            public_state(s)
+            for s in gateway.client.trace(correlation_id)
+            if gateway.may_read(caller, s)
+        ]
+        if not chain:
+            raise MessageNotFound(f"no readable message in correlation {correlation_id!r}")
+        return chain
+
+    @app.get("/v1/dead-letters", dependencies=_SECURITY)
+    def dead_letters(
+        caller: Caller,
+        agent: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> list[MessageState]:
+        """Dead messages this caller may read, newest first."""
+        if agent is not None:
+            gateway.require(caller, "read", agent)
+        elif "read" not in caller.operations:
+            gateway.require(caller, "read", "*")
+        found = gateway.client.dead_letters(receiver=agent, limit=limit)
+        return [public_state(s) for s in found if gateway.may_read(caller, s)]
+
+    @app.post("/v1/dead-letters/{message_id}/redrive", dependencies=_SECURITY)
+    def redrive(message_id: str, caller: Caller) -> MessageAccepted:
+        """Send a dead message again (same id and key, attempts reset)."""
+        state = gateway.client.status(message_id)
+        gateway.require(caller, "redrive", state.receiver)
+        sent = gateway.client.redrive(message_id)
+        gateway.audit(caller.subject, "redrive", "ok", agent=state.receiver, message_id=message_id)
+        return MessageAccepted(**sent.model_dump())
+
+    @app.get("/healthz", dependencies=_SECURITY)
+    def healthz(_: Caller, response: Response) -> dict[str, str]:
+        """Broker and database reachable (503 if either is not)."""
+        checks = {"database": "ok", "broker": "ok"}
+        try:
+            with gateway.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            checks["database"] = f"down: {type(exc).__name__}"
+        try:
+            with gateway.client.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+        except Exception as exc:
+            checks["broker"] = f"down: {type(exc).__name__}"
+        if any(v != "ok" for v in checks.values()):
+            response.status_code = 503
+        return checks
