@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.conftest import AGENTPOST, ROOT, Backend, Worker, wait_final
+from tests.conftest import Backend, Worker, agentpost_cli, wait_final
 
 pytestmark = pytest.mark.slow
 
 
-def _cli(backend: Backend, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*AGENTPOST, *args],
-        cwd=ROOT,
-        env={**os.environ, **backend.env, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def _json(backend: Backend, *args: str) -> Any:
-    done = _cli(backend, *args, "--json")
+    done = agentpost_cli(backend, *args, "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -57,7 +43,7 @@ def test_operator_commands(backend: Backend, start_worker: Callable[..., Worker]
     assert [d["message_id"] for d in listed] == [message_id]
     shown = _json(backend, "dlq", "show", message_id)
     assert shown["attempt_log"][0]["error"] == "RuntimeError: gate closed"
-    text = _cli(backend, "dlq", "show", message_id).stdout
+    text = agentpost_cli(backend, "dlq", "show", message_id).stdout
     assert "gate closed" in text and "Traceback" in text
     # redrive after the handler was fixed: delivered, and the round is recorded
     (backend.spool / "gate-open").touch()
@@ -66,9 +52,9 @@ def test_operator_commands(backend: Backend, start_worker: Callable[..., Worker]
     status = _json(backend, "status", message_id)
     assert (status["status"], status["redrives"], status["reply"]) == ("delivered", 1, "passed")
     # trace: the whole chain, as a tree and as a sequence diagram
-    tree = _cli(backend, "trace", "chain-9").stdout
+    tree = agentpost_cli(backend, "trace", "chain-9").stdout
     assert "ops → gate" in tree and "delivered" in tree and "attempt 1: dead" in tree
-    mermaid = _cli(backend, "trace", "chain-9", "--mermaid").stdout
+    mermaid = agentpost_cli(backend, "trace", "chain-9", "--mermaid").stdout
     assert mermaid.startswith("sequenceDiagram") and "ops->>gate" in mermaid
     # request: the reply
     assert _json(backend, "request", "echo", '{"q": 2}', "--timeout", "30")["payload"] == {"q": 2}
@@ -80,10 +66,10 @@ def test_operator_commands(backend: Backend, start_worker: Callable[..., Worker]
     # purge asks first (no answer: nothing deleted), --yes deletes
     doomed = _json(backend, "send", "doomed", "null")["message_id"]
     assert wait_final(client, doomed).status == "dead"
-    assert _cli(backend, "dlq", "purge", doomed).returncode != 0
+    assert agentpost_cli(backend, "dlq", "purge", doomed).returncode != 0
     assert _json(backend, "dlq", "purge", "--agent", "doomed", "--yes") == {"purged": 1}
-    missing = _cli(backend, "status", doomed)
+    missing = agentpost_cli(backend, "status", doomed)
     assert missing.returncode == 2 and f"no message '{doomed}'" in missing.stderr
     # bad input is refused with the reason
-    bad = _cli(backend, "send", "echo", "{not json")
+    bad = agentpost_cli(backend, "send", "echo", "{not json")
     assert bad.returncode != 0 and "not JSON" in bad.stderr

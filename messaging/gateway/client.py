@@ -17,10 +17,13 @@ from messaging.gateway.models import (
 __all__ = ["A2AClient", "AsyncA2AClient"]
 
 
-def _headers(api_key: str | None, token: str | None) -> dict[str, str]:
+def _options(base_url: str, api_key: str | None, token: str | None, timeout_s: float) -> Any:
     if (api_key is None) == (token is None):
         raise ValueError("give exactly one of api_key= or token=")
-    return {"X-API-Key": api_key} if api_key is not None else {"Authorization": f"Bearer {token}"}
+    headers = (
+        {"X-API-Key": api_key} if api_key is not None else {"Authorization": f"Bearer {token}"}
+    )
+    return {"base_url": base_url, "headers": headers, "timeout": timeout_s}
 
 
 def _invoke_path(request: AgentInvocationRequest) -> str:
@@ -58,9 +61,7 @@ class A2AClient:
         token: str | None = None,
         timeout_s: float = 330.0,
     ) -> None:
-        self._http = httpx.Client(
-            base_url=base_url, headers=_headers(api_key, token), timeout=timeout_s
-        )
+        self._http = httpx.Client(**_options(base_url, api_key, token, timeout_s))
 
     def invoke(self, request: AgentInvocationRequest) -> AgentInvocationResponse:
         """Invoke ``request.target_agent``.
@@ -106,9 +107,7 @@ class AsyncA2AClient:
         token: str | None = None,
         timeout_s: float = 330.0,
     ) -> None:
-        self._http = httpx.AsyncClient(
-            base_url=base_url, headers=_headers(api_key, token), timeout=timeout_s
-        )
+        self._http = httpx.AsyncClient(**_options(base_url, api_key, token, timeout_s))
 
     async def invoke(self, request: AgentInvocationRequest) -> AgentInvocationResponse:
         """Invoke ``request.target_agent`` (see ``A2AClient.invoke``)."""
