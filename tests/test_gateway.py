@@ -56,6 +56,20 @@ def _messages(backend: Backend) -> int:
         return int(conn.execute(select(func.count()).select_from(storage.Message)).scalar_one())
 
 
+A2A_SEND = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "message/send",
+    "params": {
+        "message": {
+            "role": "user",
+            "messageId": "m-1",
+            "parts": [{"kind": "data", "data": {"n": 3}}],
+        }
+    },
+}
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -83,6 +97,9 @@ def test_auth_matrix(backend: Backend, gateway: Gateway) -> None:
         Route("POST", f"/v1/dead-letters/{dead.message_id}/redrive", None, 200, 403),
         Route("GET", "/healthz", None, 200, 200),
         Route("GET", "/openapi.json", None, 200, 200),
+        # The agent as a Google A2A agent: its card (names only), and message/send
+        Route("GET", "/a2a/echo/.well-known/agent-card.json", None, 200, 200),
+        Route("POST", "/a2a/echo", A2A_SEND, 200, 403),
     ]
     revoked_id, revoked = create_key(backend, "caller", "echo,doomed", "invoke,send,read,redrive")
     assert agentpost_cli(backend, "keys", "revoke", revoked_id).returncode == 0
@@ -118,6 +135,8 @@ def test_auth_matrix(backend: Backend, gateway: Gateway) -> None:
             for route in routes:
                 response = http.request(route.method, route.path, json=route.body, headers=headers)
                 assert response.status_code == route.ok, (route.path, response.text)
+                if route.body is A2A_SEND:
+                    assert response.json()["result"]["parts"][0]["data"] == {"n": 3}
                 if route.path.endswith("/redrive"):
                     wait_final(client, dead.message_id)
     # The refusals are in the audit log, with who tried and why
