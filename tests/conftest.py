@@ -110,6 +110,17 @@ def _required(var: str) -> str:
     return value
 
 
+def _redis_url() -> str:
+    """The test Redis; under pytest-xdist each worker process gets a db of its own, so
+    a test that wipes its broker (FLUSHDB) wipes no other test's queues."""
+    url = _required("AGENTPOST_TEST_REDIS_URL")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    base, _, db = url.rpartition("/")
+    if worker.startswith("gw") and db.isdigit():
+        return f"{base}/{int(db) + 1 + int(worker[2:])}"
+    return url
+
+
 @pytest.fixture
 def pg_database() -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""
@@ -136,7 +147,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     namespace = f"t{uuid.uuid4().hex[:8]}."
     env = {**FAST, "AGENTPOST_HOME": str(tmp_path / "home"), "AGENTPOST_NAMESPACE": namespace}
     if name == "redis":
-        env["AGENTPOST_BROKER_URL"] = _required("AGENTPOST_TEST_REDIS_URL")
+        env["AGENTPOST_BROKER_URL"] = _redis_url()
         env["AGENTPOST_DATABASE_URL"] = request.getfixturevalue("pg_database")
     elif name == "amqp":
         env["AGENTPOST_BROKER_URL"] = _required("AGENTPOST_TEST_AMQP_URL")
