@@ -66,11 +66,9 @@ def test_upgrade_from_empty_reaches_head(database_url: str) -> None:
 def test_a_store_behind_is_refused_with_the_command_that_fixes_it(
     database_url: str, tmp_path: Path
 ) -> None:
-    # Given a store whose tables predate the current revision (no migration record)
+    # Given a store at an older revision (0001: before the gateway's tables)
     engine = storage.engine_for(database_url)
-    storage.upgrade(engine)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DELETE FROM agentpost_alembic_version")
+    assert storage.upgrade(engine, "0001") == "0001" != storage.head_revision()
     settings = Settings(database_url=database_url, home=tmp_path / "home")
     # Then a client refuses it, naming the command
     with pytest.raises(SchemaOutdated, match="run `agentpost db upgrade`"):
@@ -87,3 +85,15 @@ def test_a_store_behind_is_refused_with_the_command_that_fixes_it(
     Client(settings).close()
     current = _db(env, "current")
     assert "up to date" in current.stdout
+
+
+def test_a_store_made_before_migrations_is_stamped_then_upgraded(database_url: str) -> None:
+    # Given the tables of the first release, and no migration record at all
+    engine = storage.engine_for(database_url)
+    storage.upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM agentpost_alembic_version")
+    assert storage.current_revision(engine) is None
+    # When it is upgraded, it is taken as 0001 and brought to the head
+    assert storage.upgrade(engine) == storage.head_revision()
+    assert "agentpost_api_keys" in _tables(engine)
