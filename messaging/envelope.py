@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     JsonValue,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -80,15 +81,35 @@ def dump_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
-def _json_payload(value: Any) -> Any:
+def _strict_json(what: str) -> Any:
+    def check(value: Any) -> Any:
+        # Strict JSON (no NaN/Infinity) that is also valid UTF-8 (no lone surrogates).
+        try:
+            dump_json(value).encode()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{what} is not JSON-serialisable: {exc}") from None
+        return value
+
+    return AfterValidator(check)
+
+
+def _text(value: str) -> str:
+    # Stored in text columns: PostgreSQL refuses NUL, UTF-8 refuses lone surrogates.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
     try:
-        dump_json(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"payload is not JSON-serialisable: {exc}") from None
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode (lone surrogate)") from None
     return value
 
 
-AgentName = Annotated[str, AfterValidator(_agent_name)]
+AgentName = Annotated[
+    str,
+    AfterValidator(_agent_name),
+    WithJsonSchema({"type": "string", "pattern": _AGENT_NAME.pattern}),
+]
+Text = Annotated[str, AfterValidator(_text)]
 
 
 class Envelope(BaseModel):
@@ -104,15 +125,17 @@ class Envelope(BaseModel):
     id: UUID = Field(default_factory=uuid4)
     sender: AgentName
     receiver: AgentName
-    payload: Annotated[Any, AfterValidator(_json_payload)] = None
-    correlation_id: str = Field(default="", max_length=255)
+    payload: Annotated[Any, _strict_json("payload")] = None
+    correlation_id: Text = Field(default="", max_length=255)
     parent_id: UUID | None = None
-    idempotency_key: str = Field(default="", max_length=255)
+    idempotency_key: Text = Field(default="", max_length=255)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     attempt: int = Field(default=0, ge=0)
     priority: Annotated[int, BeforeValidator(_priority)] = PRIORITIES["normal"]
     expires_at: datetime | None = None
-    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    metadata: Annotated[dict[Text, JsonValue], _strict_json("metadata")] = Field(
+        default_factory=dict
+    )
     delivery: Delivery = "at-least-once"
     # W3C trace context (``traceparent``) of the sender, when OpenTelemetry is on.
     trace: dict[str, str] = Field(default_factory=dict)

@@ -55,6 +55,24 @@ CASES: list[tuple[str, Callable[[Client], Any], type[Exception], str]] = [
         "Out of range float values",
     ),
     (
+        "nan in metadata",
+        lambda c: c.send("echo", 1, sender="t", metadata={"x": math.inf}),
+        InvalidEnvelope,
+        "metadata is not JSON-serialisable",
+    ),
+    (
+        "lone surrogate payload",
+        lambda c: c.send("echo", "\ud800", sender="t"),
+        InvalidEnvelope,
+        "payload is not JSON-serialisable",
+    ),
+    (
+        "NUL in correlation id",
+        lambda c: c.send("echo", 1, sender="t", correlation_id="a\x00b"),
+        InvalidEnvelope,
+        "correlation_id: must not contain NUL",
+    ),
+    (
         "too large",
         lambda c: c.send("echo", "x" * 2000, sender="t"),
         PayloadTooLarge,

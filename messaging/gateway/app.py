@@ -8,6 +8,7 @@ the envelope's sender, and idempotency keys are scoped to it.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from sqlalchemy import text
@@ -64,7 +66,7 @@ _SECURITY = [
     Depends(HTTPBearer(auto_error=False)),
 ]
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (401, 403, 404, 413, 422, 429, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 429, 503)
 }
 
 
@@ -325,7 +327,22 @@ def _add_auth_middleware(app: FastAPI, gateway: Gateway) -> None:
         return await call_next(request)
 
 
+def _refusal(body: dict[str, Any], status: int) -> Response:
+    # ASCII-escaped: an error message may quote input that is not valid UTF-8.
+    text = json.dumps(body, ensure_ascii=True, default=str)
+    return Response(text, status_code=status, media_type="application/json")
+
+
 def _add_error_handlers(app: FastAPI) -> None:
+    def invalid(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        # Name each bad field without echoing its value: the input may not even be
+        # renderable as JSON (NaN, lone surrogates), and it is the caller's own data.
+        errors = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
+        return _refusal({"detail": errors}, 422)
+
+    app.add_exception_handler(RequestValidationError, invalid)
+
     statuses: list[tuple[type[AgentpostError], int]] = [
         (UnknownAgent, 404),
         (MessageNotFound, 404),
@@ -336,15 +353,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     ]
     for error, status in statuses:
 
-        def handle(_: Request, exc: Exception, status: int = status) -> JSONResponse:
-            return JSONResponse({"detail": str(exc)}, status_code=status)
+        def handle(_: Request, exc: Exception, status: int = status) -> Response:
+            return _refusal({"detail": str(exc)}, status)
 
         app.add_exception_handler(error, handle)
 
-    def timed_out(_: Request, exc: Exception) -> JSONResponse:
+    def timed_out(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, _Timeout)
-        body = {"detail": str(exc), "message_id": exc.message_id}
-        return JSONResponse(body, status_code=504)
+        return _refusal({"detail": str(exc), "message_id": exc.message_id}, 504)
 
     app.add_exception_handler(_Timeout, timed_out)
 
