@@ -29,6 +29,8 @@ from tests.conftest import (
     Worker,
     agentpost_cli,
     create_key,
+    free_port,
+    serving,
     wait_final,
     wait_for,
 )
@@ -191,6 +193,15 @@ def test_spoofing_oversize_and_bad_input_are_refused_before_anything_is_stored(
         assert mismatch.status_code == 422 and "target_agent" in mismatch.text
         unknown = http.post("/v1/messages", json={"target_agent": "nobody"})
         assert unknown.status_code == 403  # not granted: default deny before any lookup
+        # Grants are per operation too: a send-only key may not invoke or read
+        _, sender_only = create_key(backend, "poster", "echo", "send")
+        only = {"X-API-Key": sender_only}
+        assert http.post("/v1/agents/echo/invoke", json={}, headers=only).status_code == 403
+        posted = http.post("/v1/messages", json={"target_agent": "echo"}, headers=only)
+        assert posted.status_code == 202
+        read = http.get(f"/v1/messages/{posted.json()['message_id']}", headers=only)
+        assert read.status_code == 403
+        before += 1
     assert _messages(backend) == before
     assert b"gateway-test-secret" not in gateway.log.read_bytes()
     assert gateway.api_key.encode() not in gateway.log.read_bytes()
@@ -287,3 +298,15 @@ def test_keys_are_stored_hashed_and_allow_all_needs_the_dev_flag(backend: Backen
     backend.env["AGENTPOST_GATEWAY_AUTH"] = "allow_all"
     refused = agentpost_cli(backend, "serve", "--port", "1")
     assert refused.returncode != 0 and "AGENTPOST_DEV_ALLOW_ALL" in refused.stderr
+    # and with it, it starts, lets a caller in without credentials, and says so loudly
+    url = f"http://127.0.0.1:{(port := free_port())}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    argv = ["serve", "--port", str(port)]
+    with serving(backend, argv, up, env={"AGENTPOST_DEV_ALLOW_ALL": "1"}) as log:
+        assert "authenticates NOBODY" in log.read_text()
