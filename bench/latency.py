@@ -60,8 +60,7 @@ if str(ROOT) not in sys.path:
 from sqlalchemy import text  # noqa: E402
 
 from bench.throughput import (  # noqa: E402
-    DEFAULT_PG_ADMIN,
-    DEFAULT_REDIS,
+    add_server_args,
     child_env,
     clean_redis,
     fresh_database,
@@ -419,12 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", "-n", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=30, help="untimed requests first")
     parser.add_argument("--concurrency", "-c", type=int, default=2)
-    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS))
-    parser.add_argument(
-        "--pg-admin-url",
-        default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_PG_ADMIN),
-        help="a database to connect to for CREATE/DROP DATABASE",
-    )
+    add_server_args(parser)
     parser.add_argument("--request-timeout", type=float, default=10.0, help="seconds")
     parser.add_argument("--start-timeout", type=float, default=60.0, help="worker start, s")
     parser.add_argument(

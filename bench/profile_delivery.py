@@ -45,8 +45,7 @@ from sqlalchemy.engine import Engine, make_url  # noqa: E402
 import storage  # noqa: E402
 from bench import agents  # noqa: E402, F401  (registers the noop agent in this process)
 from bench.throughput import (  # noqa: E402
-    DEFAULT_PG_ADMIN,
-    DEFAULT_REDIS,
+    add_server_args,
     clean_redis,
     fresh_database,
 )
@@ -210,10 +209,7 @@ def plain_time(n: int, fn: Callable[[int], None]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", "-n", type=int, default=500)
-    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS))
-    parser.add_argument(
-        "--pg-admin-url", default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_PG_ADMIN)
-    )
+    add_server_args(parser)
     parser.add_argument("--top", type=int, default=25)
     args = parser.parse_args()
     for key in [k for k in os.environ if k.startswith("AGENTPOST_")]:

@@ -28,8 +28,7 @@ from sqlalchemy import text  # noqa: E402
 
 import storage  # noqa: E402
 from bench.throughput import (  # noqa: E402
-    DEFAULT_PG_ADMIN,
-    DEFAULT_REDIS,
+    add_server_args,
     child_env,
     clean_redis,
     fresh_database,
@@ -62,10 +61,7 @@ WATCH = [
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", "-n", type=int, default=1000)
-    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS))
-    parser.add_argument(
-        "--pg-admin-url", default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_PG_ADMIN)
-    )
+    add_server_args(parser)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--save", type=Path, help="keep the cProfile output here")
     args = parser.parse_args()

@@ -590,17 +590,22 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", "-n", type=int, default=2000)
-    parser.add_argument("--repeats", "-r", type=int, default=3)
-    parser.add_argument("--concurrency", "-c", type=int, default=2)
+def add_server_args(parser: argparse.ArgumentParser) -> None:
+    """``--redis-url`` and ``--pg-admin-url``, defaulting from ``BENCH_*`` variables."""
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS))
     parser.add_argument(
         "--pg-admin-url",
         default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_PG_ADMIN),
         help="a database to connect to for CREATE/DROP DATABASE",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", "-n", type=int, default=2000)
+    parser.add_argument("--repeats", "-r", type=int, default=3)
+    parser.add_argument("--concurrency", "-c", type=int, default=2)
+    add_server_args(parser)
     parser.add_argument("--timeout", type=float, default=120.0, help="per drain, seconds")
     parser.add_argument(
         "--raw-variant",

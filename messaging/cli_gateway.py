@@ -10,7 +10,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 
 import storage
-from messaging.cli_ops import JsonOpt, _emit, _since
+from messaging.cli_ops import JsonOpt, emit, parse_since
 from messaging.gateway.auth import OPERATIONS, check_gateway_settings, create_api_key
 from messaging.settings import Settings
 
@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
         )
         info = {"id": row.id, "subject": row.subject, "agents": row.agents, "ops": row.operations}
         if as_json:
-            _emit({**info, "key": key}, True)
+            emit({**info, "key": key}, True)
         else:
             typer.echo(key)
             typer.echo(
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         table = Table("id", "subject", "agents", "ops", "created", "revoked")
         for d in data:
             table.add_row(*(str(d[k] or "") for k in d))
-        _emit(data, as_json, table)
+        emit(data, as_json, table)
 
     @keys.command("revoke")
     def keys_revoke(
@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
         if count == 0:
             typer.secho("no active key matched", err=True, fg="red")
             raise typer.Exit(1)
-        _emit({"revoked": count}, as_json, f"revoked {count} key(s)")
+        emit({"revoked": count}, as_json, f"revoked {count} key(s)")
 
     @app.command()
     def audit(
@@ -130,7 +130,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Who did what through the gateway, newest first (refusals included)."""
         rows = storage.audit_entries(
-            _engine(Settings()), subject=subject, since=_since(since), outcome=outcome, limit=limit
+            _engine(Settings()),
+            subject=subject,
+            since=parse_since(since),
+            outcome=outcome,
+            limit=limit,
         )
         data = [
             {
@@ -147,4 +151,4 @@ def register(app: typer.Typer) -> None:
         table = Table("at", "subject", "action", "agent", "message", "outcome", "detail")
         for d in data:
             table.add_row(*(str(d[k] or "") for k in d))
-        _emit(data, as_json, table)
+        emit(data, as_json, table)

@@ -16,13 +16,13 @@ from messaging.client import Client
 from messaging.render import chain_tree, dead_letter_panel, mermaid_sequence
 from messaging.results import MessageState
 
-__all__ = ["register"]
+__all__ = ["JsonOpt", "emit", "parse_since", "register"]
 
 console = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-def _emit(value: Any, as_json: bool, render: Any = None) -> None:
+def emit(value: Any, as_json: bool, render: Any = None) -> None:
     if as_json:
         data = (
             [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
@@ -43,7 +43,7 @@ def _payload(text: str) -> Any:
         raise typer.BadParameter(f"not JSON: {exc.msg} (quote it: '{{\"a\": 1}}')") from None
 
 
-def _since(text: str | None) -> float | None:
+def parse_since(text: str | None) -> float | None:
     """``30m``, ``2h``, ``1d`` or an ISO time, as epoch seconds."""
     if not text:
         return None
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
                 priority=prio,
                 ttl_s=ttl,
             )
-        _emit(
+        emit(
             result,
             as_json,
             f"{result.message_id} {'(duplicate) ' if result.duplicate else ''}{result.status}",
@@ -116,14 +116,14 @@ def register(app: typer.Typer) -> None:
         """Send a message and print its reply (exit 1 on timeout or dead)."""
         with Client() as client:
             reply = client.request(receiver, _payload(payload), sender=sender, timeout_s=timeout)
-        _emit(reply, as_json, json.dumps(reply.payload, indent=2))
+        emit(reply, as_json, json.dumps(reply.payload, indent=2))
 
     @app.command()
     def status(message_id: str, as_json: JsonOpt = False) -> None:
         """A message's status, reply or error, and every attempt."""
         with Client() as client:
             state = client.status(message_id)
-        _emit(state, as_json, chain_tree([state]))
+        emit(state, as_json, chain_tree([state]))
 
     @app.command()
     def trace(
@@ -139,7 +139,7 @@ def register(app: typer.Typer) -> None:
         if mermaid:
             typer.echo(mermaid_sequence(states))
             return
-        _emit(states, as_json, chain_tree(states))
+        emit(states, as_json, chain_tree(states))
 
     @app.command()
     def agents(as_json: JsonOpt = False) -> None:
@@ -160,7 +160,7 @@ def register(app: typer.Typer) -> None:
                 str(row.counts.get("retrying", 0)),
                 str(row.counts.get("dead", 0)),
             )
-        _emit(stats, as_json, table)
+        emit(stats, as_json, table)
 
     dlq = typer.Typer(help="Dead letters: list, show, redrive, purge.", no_args_is_help=True)
     app.add_typer(dlq, name="dlq")
@@ -178,9 +178,9 @@ def register(app: typer.Typer) -> None:
         """Dead letters, newest first."""
         with Client() as client:
             states = client.dead_letters(
-                receiver=agent, reason=reason, since=_since(since), limit=limit
+                receiver=agent, reason=reason, since=parse_since(since), limit=limit
             )
-        _emit(states, as_json, _status_table(states))
+        emit(states, as_json, _status_table(states))
 
     @dlq.command("show")
     def dlq_show(message_id: str, as_json: JsonOpt = False) -> None:
@@ -188,7 +188,7 @@ def register(app: typer.Typer) -> None:
         with Client() as client:
             state = client.status(message_id)
         if as_json:
-            _emit(state, True)
+            emit(state, True)
             return
         console.print(dead_letter_panel(state))
         for attempt in state.attempt_log:
@@ -223,7 +223,7 @@ def register(app: typer.Typer) -> None:
             results = [
                 client.redrive(m) for m in _select(client, message_id, correlation, agent, all_)
             ]
-        _emit(results, as_json, f"redriven: {len(results)}")
+        emit(results, as_json, f"redriven: {len(results)}")
 
     @dlq.command("purge")
     def dlq_purge(
@@ -240,7 +240,7 @@ def register(app: typer.Typer) -> None:
             if not yes and not typer.confirm(f"Delete {len(ids)} dead message(s)?"):
                 raise typer.Abort()
             removed = client.purge(ids)
-        _emit({"purged": removed}, as_json, f"purged: {removed}")
+        emit({"purged": removed}, as_json, f"purged: {removed}")
 
 
 def _opt(value: int | None) -> str:

@@ -242,6 +242,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def answers(url: str, status: int, **request: Any) -> Callable[[], bool]:
+    """A readiness probe: ``url`` answers with ``status`` (for ``serving``)."""
+
+    def probe() -> bool:
+        try:
+            return httpx.get(url, timeout=2, **request).status_code == status
+        except httpx.HTTPError:
+            return False
+
+    return probe
+
+
 @contextlib.contextmanager
 def serving(
     backend: Backend, argv: list[str], up: Callable[[], bool], *, env: dict[str, str] | None = None
@@ -331,12 +343,7 @@ def start_gateway(backend: Backend) -> Iterator[Callable[..., Gateway]]:
         _, key = create_key(backend, "caller", "echo,doomed,slow", "invoke,send,read,redrive")
         url = f"http://127.0.0.1:{(port := free_port())}"
 
-        def up() -> bool:
-            try:
-                return httpx.get(f"{url}/healthz", timeout=2).status_code == 401
-            except httpx.HTTPError:
-                return False
-
+        up = answers(f"{url}/healthz", 401)
         log = stack.enter_context(serving(backend, ["serve", "--port", str(port)], up))
         return Gateway(url, key, log)
 

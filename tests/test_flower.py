@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Backend, Worker, free_port, serving, wait_final, wait_for
+from tests.conftest import Backend, Worker, answers, free_port, serving, wait_final, wait_for
 
 pytestmark = pytest.mark.slow
 AUTH = ("ops", "flower-test-secret")
@@ -18,13 +18,8 @@ AUTH = ("ops", "flower-test-secret")
 def flower(backend: Backend) -> Iterator[str]:
     url = f"http://127.0.0.1:{(port := free_port())}"
 
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/api/workers", auth=AUTH, timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     env = {"AGENTPOST_FLOWER_BASIC_AUTH": ":".join(AUTH)}
+    up = answers(f"{url}/api/workers", 200, auth=AUTH)
     with serving(backend, ["flower", "--port", str(port)], up, env=env) as log:
         yield url
     assert b"flower-test-secret" not in log.read_bytes()

@@ -28,6 +28,7 @@ from tests.conftest import (
     Gateway,
     Worker,
     agentpost_cli,
+    answers,
     create_key,
     free_port,
     serving,
@@ -301,12 +302,7 @@ def test_keys_are_stored_hashed_and_allow_all_needs_the_dev_flag(backend: Backen
     # and with it, it starts, lets a caller in without credentials, and says so loudly
     url = f"http://127.0.0.1:{(port := free_port())}"
 
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     argv = ["serve", "--port", str(port)]
+    up = answers(f"{url}/healthz", 200)
     with serving(backend, argv, up, env={"AGENTPOST_DEV_ALLOW_ALL": "1"}) as log:
         assert "authenticates NOBODY" in log.read_text()

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Backend, Worker, free_port, serving, wait_final
+from tests.conftest import Backend, Worker, answers, free_port, serving, wait_final
 
 pytestmark = pytest.mark.slow
 TOKEN = "metrics-test-token"
@@ -38,13 +38,8 @@ def test_counters_move_as_messages_flow(
     start_worker("--agents", "echo,flaky,doomed")
     url = f"http://127.0.0.1:{(port := free_port())}/metrics"
 
-    def up() -> bool:
-        try:
-            return httpx.get(url, timeout=2).status_code == 401
-        except httpx.HTTPError:
-            return False
-
     argv = ["metrics", "--port", str(port), "--min-interval", "0"]
+    up = answers(url, 401)
     with serving(backend, argv, up, env={"AGENTPOST_METRICS_TOKEN": TOKEN}) as log:
         # Without the token, or with a wrong one, nothing is served
         assert (

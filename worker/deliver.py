@@ -253,6 +253,7 @@ def _best_effort(spec: AgentSpec, envelope: Envelope, *, client: Client, worker:
     """No row, no claim, no retries: run the handler once; a failure only fails the task."""
     delivered = envelope.model_copy(update={"attempt": 1})
     message_id = str(envelope.id)
+    logs.note(attempt=1)
     try:
         _run(spec, delivered, Context(delivered, client=client, worker=worker))
     except Exception as exc:
@@ -360,7 +361,6 @@ def register(app: AgentpostCelery) -> None:
 
 def _log_outcome(outcome: Outcome, took_s: float) -> None:
     """The delivery line: one per task run, with the delivery fields attached."""
-    logs.note(attempt=outcome.attempt or None)
     ms = took_s * 1000
     if outcome.kind == "delivered":
         log.info("delivered %s (attempt %d) in %.1f ms", outcome.message_id, outcome.attempt, ms)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flower.views import monitor
 from tornado import web
@@ -37,5 +37,4 @@ def run_flower(app: AgentpostCelery, *, port: int, address: str, unauthenticated
             "Flower needs AGENTPOST_FLOWER_BASIC_AUTH=user:password "
             "(or --unauthenticated for local development)"
         )
-    argv: list[Any] = ["flower", f"--port={port}", f"--address={address}"]
-    app.start(argv)
+    app.start(["flower", f"--port={port}", f"--address={address}"])

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -162,8 +162,12 @@ class Gateway:
     def require(self, principal: Principal, operation: Operation, agent: str) -> None:
         """403 (audited) unless ``principal`` may do ``operation`` on ``agent``."""
         if not principal.may(operation, agent):
-            self.audit(principal.subject, operation, "denied", agent=agent, detail="forbidden")
-            raise HTTPException(403, f"{principal.subject!r} may not {operation} {agent!r}")
+            self.deny(principal, operation, agent)
+
+    def deny(self, principal: Principal, operation: Operation, agent: str) -> NoReturn:
+        """Refuse with 403, and audit the refusal."""
+        self.audit(principal.subject, operation, "denied", agent=agent, detail="forbidden")
+        raise HTTPException(403, f"{principal.subject!r} may not {operation} {agent!r}")
 
     def sender(self, principal: Principal, claimed: str | None, action: str, agent: str) -> str:
         """The envelope's sender: the subject; a body claiming another is refused."""
@@ -400,14 +404,14 @@ def _add_routes(app: FastAPI, gateway: Gateway) -> None:
         """A message's status, every attempt, and its reply."""
         state = gateway.client.status(message_id)
         if not gateway.may_read(caller, state):
-            gateway.require(caller, "read", state.receiver)
+            gateway.deny(caller, "read", state.receiver)
         return public_state(state)
 
     @app.get("/v1/correlations/{correlation_id}", dependencies=_SECURITY)
     def correlation(correlation_id: str, caller: Caller) -> list[MessageState]:
         """The chain: every message of the correlation this caller may read."""
         if "read" not in caller.operations:
-            gateway.require(caller, "read", "*")
+            gateway.deny(caller, "read", "*")
         chain = [
             public_state(s)
             for s in gateway.client.trace(correlation_id)
@@ -427,7 +431,7 @@ def _add_routes(app: FastAPI, gateway: Gateway) -> None:
         if agent is not None:
             gateway.require(caller, "read", agent)
         elif "read" not in caller.operations:
-            gateway.require(caller, "read", "*")
+            gateway.deny(caller, "read", "*")
         found = gateway.client.dead_letters(receiver=agent, limit=limit)
         return [public_state(s) for s in found if gateway.may_read(caller, s)]
 
