@@ -32,13 +32,20 @@ def run_demo(home: Path, *, timeout_s: float = 120.0) -> int:
     """Run the demo under ``home`` (wiped first); return the exit code."""
     console = Console()
     shutil.rmtree(home, ignore_errors=True)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AGENTPOST_")},
-        "AGENTPOST_HOME": str(home.resolve()),
-        "AGENTPOST_SWEEP_INTERVAL_S": "2",
-        "AGENTPOST_LEASE_S": "30",
-    }
-    settings = Settings(home=home)
+    # The demo is the embedded default whatever the shell exports: this process and
+    # its worker read the same settings, or a stray AGENTPOST_NAMESPACE (say) would
+    # have them on different queues. The demo owns its process, so it sets them here.
+    for name in [k for k in os.environ if k.startswith("AGENTPOST_")]:
+        del os.environ[name]
+    os.environ.update(
+        {
+            "AGENTPOST_HOME": str(home.resolve()),
+            "AGENTPOST_SWEEP_INTERVAL_S": "2",
+            "AGENTPOST_LEASE_S": "30",
+        }
+    )
+    env = dict(os.environ)
+    settings = Settings()
     console.rule("agentpost demo — embedded default (filesystem broker + SQLite)")
     console.print(f"store and broker under {settings.home}")
     settings.home.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Backend, Worker, agentpost_cli, wait_final
+from tests.conftest import (
+    AGENTPOST,
+    Backend,
+    Worker,
+    agentpost_cli,
+    lose_queued_messages,
+    wait_final,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -73,3 +80,48 @@ def test_operator_commands(backend: Backend, start_worker: Callable[..., Worker]
     # bad input is refused with the reason
     bad = agentpost_cli(backend, "send", "echo", "{not json")
     assert bad.returncode != 0 and "not JSON" in bad.stderr
+
+
+COMMANDS = [
+    *[[c] for c in ("worker", "beat", "flower", "metrics", "demo", "send", "request")],
+    *[[c] for c in ("status", "trace", "agents", "serve", "audit")],
+    *[["db", c] for c in ("upgrade", "current")],
+    *[["dlq", c] for c in ("list", "show", "redrive", "purge")],
+    *[["keys", c] for c in ("create", "list", "revoke")],
+]
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+@pytest.mark.parametrize("words", COMMANDS, ids=" ".join)
+def test_every_command_has_help(backend: Backend, words: list[str]) -> None:
+    done = agentpost_cli(backend, *words, "--help")
+    assert done.returncode == 0, done.stderr
+    assert "Usage: agentpost " + " ".join(words) in done.stdout
+
+
+@pytest.mark.parametrize("backend", ["embedded", "redis"], indirect=True)
+def test_beat_on_its_own_sweeps_for_workers_that_run_without_it(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given a worker without an embedded beat, and messages its broker then lost
+    worker = [*AGENTPOST, "worker", "tests.agents", "--agents", "echo", "--loglevel", "INFO"]
+    start_worker(argv=worker).stop()
+    client = backend.client()
+    ids = [client.send("echo", {"n": n}, sender="ops").message_id for n in range(5)]
+    lose_queued_messages(backend)
+    start_worker(argv=worker)
+    # When `agentpost beat` runs as the deployment's one scheduler
+    start_worker(argv=[*AGENTPOST, "beat"], wait=False)
+    # Then its sweeps bring every lost message back, each delivered once
+    for message_id in ids:
+        assert wait_final(client, message_id, timeout_s=90).status == "delivered"
+    assert sorted(r["id"] for r in backend.runs("echo")) == sorted(ids)
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_demo_runs_on_the_embedded_default(backend: Backend) -> None:
+    home = backend.spool.parent / "demo"
+    done = agentpost_cli(backend, "demo", "--home", str(home))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "demo ok" in done.stdout and "exhausted" in done.stdout
+    assert (home / "store.db").exists()

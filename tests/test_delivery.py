@@ -10,12 +10,11 @@ import time
 from collections.abc import Callable
 
 import pytest
-import redis
 from kombu import Connection
 
 import storage
 from messaging import Envelope, MessageState
-from tests.conftest import ROOT, Backend, Worker, wait_final, wait_for
+from tests.conftest import ROOT, Backend, Worker, lose_queued_messages, wait_final, wait_for
 from worker import create_app, dead_letter_queue, inbox_queue, publish_delivery
 
 pytestmark = pytest.mark.slow
@@ -202,20 +201,6 @@ def test_sigkill_in_the_middle_of_a_handler_still_delivers(
     assert len(backend.runs("slow", "done")) == 1
 
 
-def _lose_queued_messages(backend: Backend) -> None:
-    """What a broker crash does to messages waiting in it."""
-    settings = backend.settings
-    if backend.name == "redis":
-        # Everything in this deployment's db (under xdist each worker has its own db).
-        redis.Redis.from_url(settings.broker).flushdb()
-    elif backend.name == "amqp":
-        with Connection(settings.broker) as conn:
-            conn.default_channel.queue_purge(f"{settings.namespace}agent.echo")
-    else:
-        for path in (settings.home / "broker" / "queue").iterdir():
-            path.unlink()
-
-
 def test_broker_losing_queued_messages_loses_nothing(
     backend: Backend, start_worker: Callable[..., Worker]
 ) -> None:
@@ -224,7 +209,7 @@ def test_broker_losing_queued_messages_loses_nothing(
     client = backend.client()
     ids = [client.send("echo", {"n": n}, sender="tester").message_id for n in range(20)]
     # When the broker loses them (Redis FLUSHDB; a purge; the files removed)
-    _lose_queued_messages(backend)
+    lose_queued_messages(backend)
     # Then once a worker runs, the sweeper republishes and every one is delivered once
     start_worker()
     for message_id in ids:
