@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from kombu import Connection
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -161,8 +162,23 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     finally:
         for worker in world.workers:
             worker.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            # The workers' own account, shown with the failure (captured teardown output).
+            for worker in world.workers:
+                print(f"--- {worker.log.name} (last 15,000 characters) ---")
+                print(worker.log.read_text(errors="replace")[-15000:])
         _clean_broker(world)
         storage.dispose_engines()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep the call phase's report on the item, so fixtures can tell a failed test."""
+    report = yield
+    if report.when == "call":
+        item.rep_call = report  # type: ignore[attr-defined]
+    return report
 
 
 def _clean_broker(world: Backend) -> None:
@@ -234,6 +250,20 @@ def start_worker(backend: Backend) -> Callable[..., Worker]:
         return worker
 
     return start
+
+
+def lose_queued_messages(backend: Backend) -> None:
+    """What a broker crash does to messages waiting in it."""
+    settings = backend.settings
+    if backend.name == "redis":
+        # Everything in this deployment's db (under xdist each worker has its own db).
+        redis.Redis.from_url(settings.broker).flushdb()
+    elif backend.name == "amqp":
+        with Connection(settings.broker) as conn:
+            conn.default_channel.queue_purge(f"{settings.namespace}agent.echo")
+    else:
+        for path in (settings.home / "broker" / "queue").iterdir():
+            path.unlink()
 
 
 def free_port() -> int:
@@ -371,8 +401,16 @@ def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
 
 def wait_final(client: Client, message_id: str, timeout_s: float = 60) -> Any:
     """The message's state once it is delivered or dead."""
-    return wait_for(
-        lambda: (s := client.status(message_id)).status in ("delivered", "dead") and s,
-        timeout_s,
-        f"message {message_id} to be delivered or dead",
-    )
+    last: list[Any] = []
+
+    def final() -> Any:
+        state = client.status(message_id)
+        last[:] = [state]
+        return state.status in ("delivered", "dead") and state
+
+    try:
+        return wait_for(final, timeout_s, f"message {message_id} to be delivered or dead")
+    except pytest.fail.Exception:
+        # Say where it stopped: the row as the store has it (the worker logs follow).
+        print(f"last state of {message_id}: {last[0] if last else 'never read'}")
+        raise
