@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
+from importlib.resources import files
 from typing import Any
 
+import jsonschema
+import pytest
 import yaml
 
 from messaging import Settings
@@ -30,6 +34,31 @@ def _help(argv: list[str]) -> None:
     assert done.returncode == 0, (argv, done.stderr)
 
 
+def _compose_schema() -> dict[str, Any]:
+    """The Compose Specification's JSON schema, as vendored by check-jsonschema (from PyPI)."""
+    vendored = files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema: dict[str, Any] = json.loads(vendored.read_text())
+    return schema
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    schema = _compose_schema()
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(compose)
+    ]
+    assert errors == []
+    # The check bites: a typo'd service key or a mistyped port list is refused.
+    broken = {**compose, "services": {**compose["services"], "beat": {"comand": ["agentpost"]}}}
+    with pytest.raises(jsonschema.ValidationError, match="comand"):
+        validator.validate(broken)
+    broken["services"]["beat"] = {"image": "x", "ports": "5555"}
+    with pytest.raises(jsonschema.ValidationError, match="not of type 'array'"):
+        validator.validate(broken)
+
+
 def test_compose_file_is_complete_and_its_commands_exist() -> None:
     compose: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
@@ -42,6 +71,7 @@ def test_compose_file_is_complete_and_its_commands_exist() -> None:
         "beat",
         "flower",
         "metrics",
+        "web",
     } <= set(services)
     assert "--appendonly" in services["redis"]["command"]
     known = {f"AGENTPOST_{name.upper()}" for name in Settings.model_fields}
