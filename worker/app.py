@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> AgentpostCelery:
     app = AgentpostCelery(settings)
     app.conf.update(
         broker_url=settings.broker,
+        broker_transport=profile.transport_class,
         broker_transport_options=profile.transport_options(settings),
         broker_connection_retry_on_startup=True,
         result_backend=settings.results,

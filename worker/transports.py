@@ -20,6 +20,9 @@ class TransportProfile:
     name: str
     native_dead_letter: bool  # the broker routes rejected messages to a DLX itself
     has_priorities: bool
+    # A kombu transport class of ours replacing the URL scheme's own (Celery's
+    # ``broker_transport``); None: kombu's.
+    transport_class: str | None = None
 
     def transport_options(self, settings: Settings) -> dict[str, Any]:
         """kombu ``broker_transport_options`` for this broker."""
@@ -66,7 +69,12 @@ class TransportProfile:
         return None
 
 
-FILESYSTEM = TransportProfile("filesystem", native_dead_letter=False, has_priorities=False)
+FILESYSTEM = TransportProfile(
+    "filesystem",
+    native_dead_letter=False,
+    has_priorities=False,
+    transport_class="worker.filesystem:Transport",
+)
 REDIS = TransportProfile("redis", native_dead_letter=False, has_priorities=True)
 AMQP = TransportProfile("amqp", native_dead_letter=True, has_priorities=True)
 
