@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from worker.routing import inbox_name, inbox_queue
+from worker.transports import REDIS, profile_for
 
 if TYPE_CHECKING:
     from worker.app import AgentpostCelery
@@ -25,7 +26,8 @@ def inbox_depths(app: AgentpostCelery, agents: Iterable[str]) -> dict[str, int |
             except Exception:
                 # Not declared yet (nothing ever sent) or a transport that cannot count;
                 # AMQP closes the channel on a failed passive declare, so open a new one.
-                depths[agent] = 0 if app.settings.broker.startswith("redis") else None
+                # (Redis drops an empty list, so a missing queue there is an empty one.)
+                depths[agent] = 0 if profile_for(app.settings.broker) is REDIS else None
                 channel = conn.channel()
     return depths
 
