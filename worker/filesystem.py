@@ -17,12 +17,12 @@ the store has the message, and the sweeper republishes it.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
+import functools
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from queue import Empty
 from time import monotonic
@@ -87,28 +87,35 @@ class Channel(filesystem.Channel):
         return [exchange_queue_t(*q) for q in loads(data.decode())] if data else []
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str | None, queue: str) -> None:
-        file = self._table_file(exchange)
         self.control_folder.mkdir(exist_ok=True)
         binding = exchange_queue_t(routing_key or "", pattern or "", queue or "")
-        # One lock file per exchange serialises the read-modify-write of its table; the
-        # table itself is replaced by a rename, so readers need no lock.
-        with _locked(file):
-            queues = self.get_table(exchange)
-            if binding not in queues:
-                _write_atomically(file, dumps([binding, *queues]).encode())
+        self._edit_table(
+            exchange, lambda queues: queues if binding in queues else [binding, *queues]
+        )
 
     def _delete(
         self, queue: str, exchange: str, routing_key: str, pattern: str, *args: Any, **kwargs: Any
     ) -> None:
         # Skip kombu's own table edit (an in-place rewrite): do it under the lock.
         virtual.Channel._delete(self, queue, exchange, routing_key, pattern, *args, **kwargs)
-        file = self._table_file(exchange)
         binding = exchange_queue_t(routing_key or "", pattern or "", queue or "")
-        with _locked(file):
+        self._edit_table(exchange, lambda queues: [q for q in queues if q != binding])
+
+    def _edit_table(
+        self, exchange: str, change: Callable[[list[exchange_queue_t]], list[exchange_queue_t]]
+    ) -> None:
+        """Replace an exchange's bindings with ``change(bindings)``, if that differs.
+
+        One lock file per exchange serialises the read-modify-write; the table itself
+        is replaced by a rename, so readers need no lock.
+        """
+        file = self._table_file(exchange)
+        with file.with_suffix(".lock").open("ab") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)  # released when the file closes
             queues = self.get_table(exchange)
-            if binding in queues:
-                queues.remove(binding)
-                _write_atomically(file, dumps(queues).encode())
+            changed = change(queues)
+            if changed != queues:
+                _write_atomically(file, dumps(changed).encode())
 
 
 class Transport(filesystem.Transport):
@@ -117,15 +124,9 @@ class Transport(filesystem.Transport):
     Channel = Channel
 
 
-@contextlib.contextmanager
-def _locked(table: Path) -> Iterator[None]:
-    """Hold the exchange's lock file: one table edit at a time across processes."""
-    with table.with_suffix(".lock").open("ab") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
-
-
+@functools.cache
 def _sibling(folder: Path, name: str) -> Path:
+    # Made once per process and folder, not once per publish or poll.
     path = folder.parent / f"{folder.name}.{name}"
     path.mkdir(exist_ok=True)
     return path
