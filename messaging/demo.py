@@ -44,7 +44,6 @@ def run_demo(home: Path, *, timeout_s: float = 120.0) -> int:
             "AGENTPOST_LEASE_S": "30",
         }
     )
-    env = dict(os.environ)
     settings = Settings()
     console.rule("agentpost demo — embedded default (filesystem broker + SQLite)")
     console.print(f"store and broker under {settings.home}")
@@ -65,7 +64,6 @@ def run_demo(home: Path, *, timeout_s: float = 120.0) -> int:
                 "--loglevel",
                 "INFO",
             ],
-            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
