@@ -11,18 +11,18 @@ from typing import Any
 import pytest
 from kombu import Connection, Exchange, Queue
 
-TRANSPORT = "worker.filesystem:Transport"
+from messaging import Settings
+from worker.transports import FILESYSTEM
+
 # Big enough that a write takes a while: a consumer listing a half-written file is the race.
 PAYLOAD = "x" * 256 * 1024
+TRANSPORT = FILESYSTEM.transport_class
 
 
 def _connection(root: Path, transport: str) -> Connection:
-    options = {
-        "data_folder_in": str(root / "queue"),
-        "data_folder_out": str(root / "queue"),
-        "control_folder": str(root / "control"),
-        "polling_interval": 0.01,
-    }
+    # The folders the app uses, polled faster so the consumers race harder.
+    settings = Settings(home=root, filesystem_polling_s=0.01)
+    options = FILESYSTEM.transport_options(settings)
     return Connection("filesystem://", transport=transport, transport_options=options)
 
 
@@ -55,8 +55,6 @@ def _queue() -> Queue:
 
 
 def _run(root: Path, transport: str) -> tuple[list[int], list[int | None]]:
-    (root / "queue").mkdir(parents=True)
-    (root / "control").mkdir()
     ctx = multiprocessing.get_context("spawn")
     producers = [
         ctx.Process(target=_produce, args=(str(root), transport, p * 150, 150)) for p in range(2)
@@ -83,4 +81,4 @@ def test_concurrent_consumers_take_every_message_once_and_never_a_partial_file(
     # Then no consumer died on a half-written file, and each message arrived exactly once
     assert exit_codes == [0] * 5
     assert sorted(seen) == list(range(300))
-    assert list((tmp_path / "queue").iterdir()) == []
+    assert list((tmp_path / "broker" / "queue").iterdir()) == []
