@@ -16,7 +16,7 @@ agentpost a breakdown of each round trip from the stored timestamps: client call
 ``created_at`` (envelope built) → attempt ``started_at`` (the task began in the pool)
 → attempt ``ended_at`` (handler done, before the completion statement) → ``request``
 returned (completion statement, the client's next poll, its two SELECTs). It also
-counts the store polls (``storage.outcome_of``) per request.
+counts the store polls (``storage.reply_state``) per request.
 
 Optional extra rows (``--variant``, repeatable):
 
@@ -177,7 +177,7 @@ def run_agentpost(
     """One agentpost worker; the ``request`` series, and the tight-poll one if asked."""
     import storage  # noqa: PLC0415
     from messaging.client import Client  # noqa: PLC0415
-    from messaging.settings import Settings  # noqa: PLC0415
+    from wire.settings import Settings  # noqa: PLC0415
 
     system = "agentpost" if events else "agentpost, task events off"
     tag = "ap" if events else "ap-ne"
@@ -209,7 +209,7 @@ def run_agentpost(
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            read = storage.outcome_of  # what request/result poll with
+            read = storage.reply_state  # what request/result poll with
 
             def counted(*a: Any, **k: Any) -> Any:
                 t0 = time.perf_counter()
@@ -219,7 +219,7 @@ def run_agentpost(
                     self.poll_s += time.perf_counter() - t0
                     self.polls += 1
 
-            storage.outcome_of = counted  # type: ignore[assignment]
+            storage.reply_state = counted  # type: ignore[assignment]
 
     argv = [
         sys.executable,
@@ -389,7 +389,7 @@ def report(series: list[Series], args: argparse.Namespace) -> str:
         if "polls_per_request" in s.extra:
             line = f"{s.system}: {s.extra['polls_per_request']:.2f} store polls per request"
             if "ms_per_poll" in s.extra:
-                line += f", {s.extra['ms_per_poll']:.2f} ms per poll (storage.outcome_of)"
+                line += f", {s.extra['ms_per_poll']:.2f} ms per poll (storage.reply_state)"
             lines.append(line)
     for s in series:
         if not s.stages_ms:

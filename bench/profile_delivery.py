@@ -53,9 +53,9 @@ from messaging.agents import get_agent  # noqa: E402
 from messaging.client import Client  # noqa: E402
 from messaging.context import Context  # noqa: E402
 from messaging.envelope import parse_envelope  # noqa: E402
-from messaging.settings import Settings  # noqa: E402
+from wire.queues import inbox_name  # noqa: E402
+from wire.settings import Settings  # noqa: E402
 from worker.deliver import deliver_envelope  # noqa: E402
-from worker.routing import inbox_name  # noqa: E402
 
 
 class SqlCounter:
@@ -182,7 +182,7 @@ def what_if(engine: Engine, pending: list[dict[str, Any]]) -> Callable[[int], No
             {"id": str(envelope.id), "lease": now + 300, "now": now, "worker": "bench:what-if"},
         ).one()
         delivered = envelope.model_copy(update={"attempt": row.attempts})
-        spec.handler(delivered, Context(delivered, client=None, worker="bench:what-if"))  # type: ignore[arg-type]
+        spec.handler(delivered, Context(delivered, sender=None, worker="bench:what-if"))  # type: ignore[arg-type]
         conn.execute(
             complete,
             {
@@ -234,7 +234,6 @@ def main() -> int:
                 engine, [("noop", inbox_name("noop", settings))], kind="handler", now=time.time()
             )
             client = Client(settings)
-            app = client.app
             client.send("noop", {"warm": True}, sender="bench")  # connections, caches
             sql = SqlCounter()
 
@@ -260,10 +259,10 @@ def main() -> int:
                 return [json.loads(r) for r in rows]
 
             pending = envelopes()
-            deliver_envelope(app, pending.pop(), client=client)  # warm
+            deliver_envelope(client, pending.pop())  # warm
 
             def deliver(i: int) -> None:
-                outcome = deliver_envelope(app, pending[i], client=client)
+                outcome = deliver_envelope(client, pending[i])
                 assert outcome.kind == "delivered", outcome
 
             results["deliver"] = measure("deliver_envelope", len(pending), deliver, sql, args.top)

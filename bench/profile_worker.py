@@ -36,18 +36,18 @@ from bench.throughput import (  # noqa: E402
     stop_worker,
 )
 from messaging.client import Client  # noqa: E402
-from messaging.settings import Settings  # noqa: E402
-from worker.routing import inbox_name  # noqa: E402
+from wire.queues import inbox_name  # noqa: E402
+from wire.settings import Settings  # noqa: E402
 
 #: Functions whose cumulative time is reported (file fragment, function name).
 WATCH = [
     ("celery/app/trace.py", "trace_task"),
-    ("worker/deliver.py", "deliver"),
+    ("worker/tasks.py", "deliver"),
     ("worker/deliver.py", "deliver_envelope"),
     ("storage/repository.py", "claim"),
     ("storage/repository.py", "complete"),
     ("messaging/envelope.py", "parse_envelope"),
-    ("worker/deliver.py", "_client"),
+    ("worker/tasks.py", "core"),
     ("celery/worker/request.py", "send_event"),
     ("celery/events/dispatcher.py", "send"),
     ("celery/worker/request.py", "acknowledge"),

@@ -354,9 +354,9 @@ def run_agentpost(
     import storage  # noqa: PLC0415
     from bench.variant_worker import apply_variant  # noqa: PLC0415
     from messaging.client import Client  # noqa: PLC0415
-    from messaging.settings import Settings  # noqa: PLC0415
-    from worker.app import create_app  # noqa: PLC0415
-    from worker.routing import inbox_name  # noqa: PLC0415
+    from wire.app import create_app  # noqa: PLC0415
+    from wire.queues import inbox_name  # noqa: PLC0415
+    from wire.settings import Settings  # noqa: PLC0415
 
     n = args.messages
     tag = system.replace("+", "-").replace(",", "-")

@@ -2,7 +2,7 @@
 
     BENCH_AGENTPOST_VARIANT=no-events python -m bench.variant_worker worker bench.agents -c 2
 
-The core code is untouched: ``worker.app.create_app`` is wrapped in this process only,
+The core code is untouched: the CLI's ``create_app`` is wrapped in this process only,
 and the benchmark's client builds its app through the same ``apply_variant``.
 Variants (comma-separated):
 

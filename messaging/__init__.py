@@ -7,7 +7,15 @@ from messaging.async_client import AsyncClient, AsyncMailbox
 from messaging.client import Client
 from messaging.context import Context
 from messaging.envelope import JSON, PRIORITIES, SCHEMA_VERSION, Envelope, Priority
-from messaging.errors import (
+from messaging.gateway import (
+    A2AClient,
+    AgentInvocationRequest,
+    AgentInvocationResponse,
+    AsyncA2AClient,
+)
+from messaging.mailbox import Mailbox, ReceivedMessage
+from messaging.results import AgentInfo, AttemptInfo, MessageState, Reply, SendResult
+from wire.errors import (
     AgentpostError,
     BrokerUnavailable,
     ConfigurationError,
@@ -25,15 +33,7 @@ from messaging.errors import (
     StoreUnavailable,
     UnknownAgent,
 )
-from messaging.gateway import (
-    A2AClient,
-    AgentInvocationRequest,
-    AgentInvocationResponse,
-    AsyncA2AClient,
-)
-from messaging.mailbox import Mailbox, ReceivedMessage
-from messaging.results import AgentInfo, AttemptInfo, MessageState, Reply, SendResult
-from messaging.settings import Settings
+from wire.settings import Settings
 
 __all__ = [
     "JSON",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from messaging.envelope import validate_agent_name
-from messaging.errors import ConfigurationError, InvalidEnvelope
+from wire.errors import ConfigurationError, InvalidEnvelope
 
 if TYPE_CHECKING:
     from messaging.context import Context

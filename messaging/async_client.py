@@ -15,7 +15,7 @@ from messaging.client import Client
 from messaging.envelope import Envelope
 from messaging.mailbox import Mailbox, ReceivedMessage
 from messaging.results import AgentInfo, MessageState, Reply, SendResult
-from messaging.settings import Settings
+from wire.settings import Settings
 
 __all__ = ["AsyncClient", "AsyncMailbox"]
 

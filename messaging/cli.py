@@ -10,10 +10,18 @@ from typing import Annotated
 
 import typer
 
+import storage
 from messaging import cli_gateway, cli_ops
 from messaging.agents import registered_agents
-from messaging.errors import AgentpostError, SchemaOutdated
-from messaging.settings import Settings
+from messaging.client import Client
+from messaging.demo import run_demo
+from messaging.flower import run_flower
+from messaging.metrics import serve_metrics
+from wire.app import create_app
+from wire.boundary import safe_database_url, store_errors
+from wire.errors import AgentpostError
+from wire.queues import inbox_name, sweeper_queue
+from wire.settings import Settings
 
 __all__ = ["app", "main"]
 
@@ -46,9 +54,6 @@ def worker(
     hostname: Annotated[str, typer.Option(help="Celery node name.")] = "",
 ) -> None:
     """Start a Celery worker serving the inboxes (agent.<name>) of these agents."""
-    from worker.app import create_app  # noqa: PLC0415
-    from worker.routing import inbox_name, sweeper_queue  # noqa: PLC0415
-
     env = Settings()
     settings = Settings(**{**env.model_dump(), "agent_modules": [*env.agent_modules, *modules]})
     _load_modules(settings.agent_modules)
@@ -60,12 +65,8 @@ def worker(
             f"unknown agent(s) {', '.join(unknown) or '(none found)'} "
             f"(registered in {', '.join(modules)}: {', '.join(sorted(known)) or 'none'})"
         )
-    import storage  # noqa: PLC0415
-
-    try:  # fail before Celery starts, with the command that fixes it
+    with store_errors(settings.database):  # fail before Celery starts, saying what fixes it
         storage.create_schema(storage.engine_for(settings.database))
-    except storage.SchemaBehind as exc:
-        raise SchemaOutdated(str(exc)) from None
     celery_app = create_app(settings)
     queues = [inbox_name(a, settings) for a in wanted] + [sweeper_queue(settings).name]
     argv = [
@@ -97,36 +98,26 @@ def db_upgrade(
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
 ) -> None:
     """Apply the store's migrations (AGENTPOST_DATABASE_URL) up to REVISION."""
-    import storage  # noqa: PLC0415
-
     settings = Settings()
-    reached = storage.upgrade(storage.engine_for(settings.database), revision)
-    typer.echo(f"store at revision {reached} ({_safe(settings.database)})")
+    with store_errors(settings.database):
+        reached = storage.upgrade(storage.engine_for(settings.database), revision)
+    typer.echo(f"store at revision {reached} ({safe_database_url(settings.database)})")
 
 
 @db_app.command("current")
 def db_current() -> None:
     """Print the store's revision and the one this agentpost needs."""
-    import storage  # noqa: PLC0415
-
     settings = Settings()
-    current = storage.current_revision(storage.engine_for(settings.database))
+    with store_errors(settings.database):
+        current = storage.current_revision(storage.engine_for(settings.database))
     head = storage.head_revision()
     state = "up to date" if current == head else "behind: run `agentpost db upgrade`"
     typer.echo(f"store {current or '(none)'}, needed {head}: {state}")
 
 
-def _safe(url: str) -> str:
-    from sqlalchemy.engine import make_url  # noqa: PLC0415
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 @app.command()
 def beat(loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO") -> None:
     """Run the sweeper schedule (Celery beat); run exactly one per deployment."""
-    from worker.app import create_app  # noqa: PLC0415
-
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     create_app(settings).start(["beat", "-s", str(settings.home / "beat-schedule"), "-l", loglevel])
@@ -141,9 +132,6 @@ def flower(
     ] = False,
 ) -> None:
     """Run Flower on the same broker, with basic auth from AGENTPOST_FLOWER_BASIC_AUTH."""
-    from worker.app import create_app  # noqa: PLC0415
-    from worker.flower import run_flower  # noqa: PLC0415
-
     run_flower(create_app(Settings()), port=port, address=address, unauthenticated=unauthenticated)
 
 
@@ -159,9 +147,6 @@ def metrics(
     ] = False,
 ) -> None:
     """Serve Prometheus metrics at /metrics (bearer token from AGENTPOST_METRICS_TOKEN)."""
-    from messaging.client import Client  # noqa: PLC0415
-    from messaging.metrics import serve_metrics  # noqa: PLC0415
-
     settings = Settings()
     token = settings.metrics_token.get_secret_value()
     if not token and not unauthenticated:
@@ -181,8 +166,6 @@ def demo(
     ),
 ) -> None:
     """Run the demo on the embedded default: a worker, a correlated chain, a dead letter."""
-    from messaging.demo import run_demo  # noqa: PLC0415
-
     raise typer.Exit(run_demo(home))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -12,7 +14,8 @@ from sqlalchemy import Engine
 import storage
 from messaging.cli_ops import JsonOpt, emit, parse_since
 from messaging.gateway.auth import OPERATIONS, check_gateway_settings, create_api_key
-from messaging.settings import Settings
+from wire.boundary import store_errors
+from wire.settings import Settings
 
 __all__ = ["register"]
 
@@ -21,10 +24,13 @@ def _when(epoch: float | None) -> str:
     return "" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _engine(settings: Settings) -> Engine:
-    engine = storage.engine_for(settings.database)
-    storage.create_schema(engine)
-    return engine
+@contextmanager
+def _store(settings: Settings) -> Iterator[Engine]:
+    # The store boundary: a database that fails is one line (StoreUnavailable), not a trace.
+    with store_errors(settings.database):
+        engine = storage.engine_for(settings.database)
+        storage.create_schema(engine)
+        yield engine
 
 
 def register(app: typer.Typer) -> None:
@@ -63,13 +69,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Create a key and print it ONCE (only its digest is stored)."""
         settings = Settings()
-        row, key = create_api_key(
-            _engine(settings),
-            settings,
-            subject,
-            agents=[a.strip() for a in agents.split(",") if a.strip()],
-            operations=[o.strip() for o in ops.split(",") if o.strip()],
-        )
+        with _store(settings) as engine:
+            row, key = create_api_key(
+                engine,
+                settings,
+                subject,
+                agents=[a.strip() for a in agents.split(",") if a.strip()],
+                operations=[o.strip() for o in ops.split(",") if o.strip()],
+            )
         info = {"id": row.id, "subject": row.subject, "agents": row.agents, "ops": row.operations}
         if as_json:
             emit({**info, "key": key}, True)
@@ -84,7 +91,8 @@ def register(app: typer.Typer) -> None:
     @keys.command("list")
     def keys_list(as_json: JsonOpt = False) -> None:
         """Every key: id, subject, grants, created, revoked (never the key or digest)."""
-        rows = storage.list_keys(_engine(Settings()))
+        with _store(Settings()) as engine:
+            rows = storage.list_keys(engine)
         data = [
             {
                 "id": r.id,
@@ -110,9 +118,10 @@ def register(app: typer.Typer) -> None:
         """Revoke a key by id, or every key of a subject."""
         if (key_id is None) == (subject is None):
             raise typer.BadParameter("give a KEY_ID or --subject")
-        count = storage.revoke_keys(
-            _engine(Settings()), key_id=key_id, subject=subject, now=datetime.now(UTC).timestamp()
-        )
+        with _store(Settings()) as engine:
+            count = storage.revoke_keys(
+                engine, key_id=key_id, subject=subject, now=datetime.now(UTC).timestamp()
+            )
         if count == 0:
             typer.secho("no active key matched", err=True, fg="red")
             raise typer.Exit(1)
@@ -129,13 +138,14 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Who did what through the gateway, newest first (refusals included)."""
-        rows = storage.audit_entries(
-            _engine(Settings()),
-            subject=subject,
-            since=parse_since(since),
-            outcome=outcome,
-            limit=limit,
-        )
+        with _store(Settings()) as engine:
+            rows = storage.audit_entries(
+                engine,
+                subject=subject,
+                since=parse_since(since),
+                outcome=outcome,
+                limit=limit,
+            )
         data = [
             {
                 "at": _when(r.at),

@@ -13,16 +13,13 @@ from typing import Any
 
 import storage
 from messaging.envelope import Priority, validate_agent_name
-from messaging.errors import (
-    MessageNotFound,
-    RequestFailed,
-    RequestTimeout,
-    UnknownAgent,
-)
 from messaging.mailbox import Mailbox
 from messaging.results import AgentInfo, AgentStats, MessageState, Reply, SendResult
 from messaging.sending import Sender
 from messaging.topics import fan_out, match_subscribers, validate_pattern, validate_topic
+from wire.boundary import broker_errors
+from wire.errors import MessageNotFound, RequestFailed, RequestTimeout, UnknownAgent
+from wire.inbox import consumers_by_queue, consumers_of, inbox_depths
 
 __all__ = ["Client"]
 
@@ -43,15 +40,15 @@ class Client(Sender):
             MessageNotFound: no message has that id.
         """
         with self._store():
-            row = storage.get_message(self._engine, message_id)
+            row = storage.get_message(self.engine, message_id)
             if row is None:
                 raise MessageNotFound(f"no message {message_id!r}")
-            return MessageState.from_row(row, storage.attempts_of(self._engine, [row.id]))
+            return MessageState.from_row(row, storage.attempts_of(self.engine, [row.id]))
 
     def trace(self, correlation_id: str) -> list[MessageState]:
         """Every message of a correlation chain (oldest first), each with its attempts."""
         with self._store():
-            rows = storage.trace(self._engine, correlation_id)
+            rows = storage.trace(self.engine, correlation_id)
             return self._states(rows)
 
     def dead_letters(
@@ -66,7 +63,7 @@ class Client(Sender):
         """Dead messages, newest first (``since``: epoch seconds)."""
         with self._store():
             rows = storage.dead_letters(
-                self._engine,
+                self.engine,
                 receiver=receiver,
                 reason=reason,
                 since=since,
@@ -78,18 +75,21 @@ class Client(Sender):
     def purge(self, message_ids: Sequence[str]) -> int:
         """Delete dead messages (and their attempts) for good; returns how many."""
         with self._store():
-            return storage.purge(self._engine, message_ids)
+            return storage.purge(self.engine, message_ids)
 
     def agent_stats(self) -> list[AgentStats]:
-        """Every agent with its inbox depth, consumers online and message counts."""
-        from worker.inspect import consumers_by_queue, consumers_of, inbox_depths  # noqa: PLC0415
+        """Every agent with its inbox depth, consumers online and message counts.
 
+        Raises:
+            BrokerUnavailable: the broker did not answer about the inboxes.
+        """
         rows = self._refresh_agents()
         with self._store():
-            counts = storage.status_counts(self._engine)
+            counts = storage.status_counts(self.engine)
         handlers = [a.name for a in rows if a.kind == "handler"]
-        depths = inbox_depths(self.app, handlers) if handlers else {}
-        by_queue = consumers_by_queue(self.app) if handlers else {}
+        with broker_errors(self.settings.broker):
+            depths = inbox_depths(self.app, handlers) if handlers else {}
+            by_queue = consumers_by_queue(self.app) if handlers else {}
         return [
             AgentStats(
                 name=a.name,
@@ -112,7 +112,7 @@ class Client(Sender):
             MessageNotFound: no dead message has that id.
         """
         with self._store():
-            row = storage.redrive(self._engine, message_id, now=time.time())
+            row = storage.redrive(self.engine, message_id, now=time.time())
         if row is None:
             raise MessageNotFound(f"no dead message {message_id!r} to redrive")
         self._publish(row.message_id, row.receiver, row.priority, row.envelope)
@@ -134,7 +134,7 @@ class Client(Sender):
         validate_agent_name(name)
         with self._store():
             storage.register_mailbox(
-                self._engine,
+                self.engine,
                 name,
                 now=time.time(),
                 max_retries=max_retries,
@@ -156,12 +156,6 @@ class Client(Sender):
                 "register a mailbox agent with client.register(name)"
             )
         return Mailbox(self, name)
-
-    def _mailbox_options(self, name: str) -> storage.Agent:
-        row = next((a for a in self._refresh_agents() if a.name == name), None)
-        if row is None:
-            raise UnknownAgent(f"unknown agent {name!r}")
-        return row
 
     def request(
         self,
@@ -211,7 +205,7 @@ class Client(Sender):
             time.sleep(first_pause_s)
         while True:
             with self._store():
-                state = storage.outcome_of(self._engine, message_id)  # one narrow SELECT
+                state = storage.reply_state(self.engine, message_id)  # one narrow SELECT
             if state is None:
                 raise MessageNotFound(f"no message {message_id!r}")
             if state.status == "delivered":
@@ -269,12 +263,12 @@ class Client(Sender):
         validate_pattern(pattern)
         self._require_agent(agent)
         with self._store():
-            return storage.subscribe(self._engine, agent, pattern, now=time.time())
+            return storage.subscribe(self.engine, agent, pattern, now=time.time())
 
     def unsubscribe(self, agent: str, pattern: str) -> bool:
         """Remove a subscription; False if there was none."""
         with self._store():
-            return storage.unsubscribe(self._engine, agent, pattern)
+            return storage.unsubscribe(self.engine, agent, pattern)
 
     def publish(
         self,
@@ -291,7 +285,7 @@ class Client(Sender):
         """One tracked message per agent subscribed to ``topic`` (``[]`` if none)."""
         validate_topic(topic)
         with self._store():
-            subs = storage.subscriptions(self._engine)
+            subs = storage.subscriptions(self.engine)
         recipients = match_subscribers(topic, ((s.agent, s.pattern) for s in subs))
         return self.send_many(
             fan_out(
@@ -307,7 +301,7 @@ class Client(Sender):
         )
 
     def _states(self, rows: list[storage.Message]) -> list[MessageState]:
-        attempts = storage.attempts_of(self._engine, [r.id for r in rows])
+        attempts = storage.attempts_of(self.engine, [r.id for r in rows])
         by_message: dict[str, list[storage.Attempt]] = {}
         for attempt in attempts:
             by_message.setdefault(attempt.message_id, []).append(attempt)

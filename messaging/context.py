@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 from uuid import NAMESPACE_URL, uuid5
 
 from messaging.envelope import Envelope, Priority
-from messaging.errors import DeliveryError
+from wire.errors import DeliveryError
 
 if TYPE_CHECKING:
     from sqlmodel import Session
 
-    from messaging.client import Client
     from messaging.results import SendResult
+    from messaging.sending import Sender
 
 __all__ = ["Context", "child_key"]
 
@@ -33,14 +33,14 @@ class Context:
     """The delivery context of one attempt."""
 
     def __init__(
-        self, message: Envelope, *, client: Client, worker: str, session: Session | None = None
+        self, message: Envelope, *, sender: Sender, worker: str, session: Session | None = None
     ) -> None:
         self.message = message
         self._session = session
         self.attempt = message.attempt
         self.worker = worker
         self.logger = logging.getLogger(f"agentpost.agent.{message.receiver}")
-        self._client = client
+        self._sender = sender  # the sending core of this process, not a whole Client
         self._children = 0
 
     @property
@@ -89,4 +89,4 @@ class Context:
             ttl_s=ttl_s,
             metadata=metadata,
         )
-        return self._client.send(envelope)
+        return self._sender.send(envelope)

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from messaging.client import Client
 from messaging.render import chain_tree, dead_letter_panel
-from messaging.settings import Settings
+from wire.settings import Settings
 
 __all__ = ["run_demo"]
 

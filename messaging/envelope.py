@@ -7,7 +7,6 @@ major instead of guessing: workers dead-letter such a message as ``invalid``.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeAlias
@@ -20,13 +19,15 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    PrivateAttr,
     ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from messaging.errors import InvalidEnvelope, PayloadTooLarge
+from wire.encoding import dump_json
+from wire.errors import InvalidEnvelope, PayloadTooLarge
 
 __all__ = [
     "JSON",
@@ -35,7 +36,6 @@ __all__ = [
     "Delivery",
     "Envelope",
     "Priority",
-    "dump_json",
     "parse_envelope",
     "validate_agent_name",
 ]
@@ -74,11 +74,6 @@ def _priority(value: object) -> int:
     raise ValueError(
         f"priority {value!r} is invalid: use low, normal, high, urgent or 0-9 (9 most urgent)"
     )
-
-
-def dump_json(value: Any) -> str:
-    """Strict, compact JSON (no NaN), or ``TypeError``/``ValueError`` naming the problem."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
 def _strict_json(what: str) -> Any:
@@ -125,7 +120,7 @@ class Envelope(BaseModel):
     id: UUID = Field(default_factory=uuid4)
     sender: AgentName
     receiver: AgentName
-    payload: Annotated[Any, _strict_json("payload")] = None
+    payload: Any = None  # strict JSON: checked (and encoded, once) by _encode_payload
     correlation_id: Text = Field(default="", max_length=255)
     parent_id: UUID | None = None
     idempotency_key: Text = Field(default="", max_length=255)
@@ -140,6 +135,9 @@ class Envelope(BaseModel):
     # W3C trace context (``traceparent``) of the sender, when OpenTelemetry is on.
     trace: dict[str, str] = Field(default_factory=dict)
     schema_version: str = SCHEMA_VERSION
+    # The payload's JSON, made once when the envelope is validated: the size check, the
+    # stored row, the task body and Flower's summary all use it.
+    _payload_json: str | None = PrivateAttr(default=None)
 
     def __init__(self, **data: Any) -> None:
         # Constructing an envelope directly refuses bad input with our error, too.
@@ -167,6 +165,17 @@ class Envelope(BaseModel):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
+
+    @model_validator(mode="after")
+    def _encode_payload(self) -> Envelope:
+        # Strict JSON (no NaN/Infinity) that is also valid UTF-8 (no lone surrogates).
+        try:
+            encoded = dump_json(self.payload)
+            encoded.encode()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"payload is not JSON-serialisable: {exc}") from None
+        self._payload_json = encoded
+        return self
 
     @model_validator(mode="after")
     def _defaults_from_id(self) -> Envelope:
@@ -216,9 +225,20 @@ class Envelope(BaseModel):
         """The JSON-ready form that travels in the task and is stored."""
         return self.model_dump(mode="json")
 
+    def payload_json(self) -> str:
+        """The payload as strict, compact JSON (encoded once per envelope)."""
+        if self._payload_json is None:  # built without validation (model_construct)
+            self._payload_json = dump_json(self.payload)
+        return self._payload_json
+
+    def wire_json(self) -> str:
+        """``wire()`` encoded, around the payload's JSON already made (not encoded again)."""
+        rest = dump_json(self.model_dump(mode="json", exclude={"payload"}))
+        return f'{{"payload":{self.payload_json()},{rest[1:]}'
+
     def payload_bytes(self) -> int:
         """Size of the serialised payload, the figure AGENTPOST_MAX_PAYLOAD_BYTES limits."""
-        return len(dump_json(self.payload).encode())
+        return len(self.payload_json().encode())
 
     def check_size(self, max_bytes: int) -> None:
         """Raise ``PayloadTooLarge`` if the payload is over ``max_bytes``."""
@@ -246,8 +266,10 @@ def parse_envelope(data: Any) -> Envelope:
 
 def _problems(exc: ValidationError) -> str:
     problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'envelope'}: "
-        f"{err['msg'].removeprefix('Value error, ')}"
+        # A check of the whole envelope (the payload's encoding) has no field to name.
+        ".".join(str(p) for p in err["loc"])
+        + ": " * bool(err["loc"])
+        + err["msg"].removeprefix("Value error, ")
         for err in exc.errors()
     )
     return f"invalid envelope: {problems}"

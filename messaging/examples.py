@@ -7,7 +7,7 @@ from typing import Any
 from messaging.agents import agent
 from messaging.context import Context
 from messaging.envelope import Envelope
-from messaging.errors import PermanentError
+from wire.errors import PermanentError
 
 __all__ = ["flaky", "researcher", "reviewer", "writer"]
 

@@ -24,7 +24,8 @@ from prometheus_client.registry import Collector
 
 import storage
 from messaging.client import Client
-from worker.inspect import inbox_depths
+from wire.boundary import broker_errors, store_errors
+from wire.inbox import inbox_depths
 
 __all__ = ["LATENCY_BOUNDS_S", "StoreCollector", "metrics_app", "serve_metrics"]
 
@@ -54,11 +55,11 @@ class StoreCollector(Collector):
 
     def _read(self) -> Iterator[Metric]:
         client = self._client
-        totals = storage.agent_totals(
-            storage.engine_for(client.settings.database), LATENCY_BOUNDS_S
-        )
+        with store_errors(client.settings.database):
+            totals = storage.agent_totals(client.engine, LATENCY_BOUNDS_S)
         handlers = [a.name for a in client.agents() if a.kind == "handler"]
-        depths = inbox_depths(client.app, handlers) if handlers else {}
+        with broker_errors(client.settings.broker):
+            depths = inbox_depths(client.app, handlers) if handlers else {}
 
         sent = CounterMetricFamily(
             "agentpost_messages_sent", "Messages accepted for an agent.", labels=["agent"]

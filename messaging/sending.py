@@ -10,29 +10,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Self, overload
+from typing import Any, Self, overload
 
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
 import storage
-from messaging import tracing
-from messaging.envelope import Delivery, Envelope, Priority, dump_json
-from messaging.errors import (
-    InvalidEnvelope,
-    SchemaOutdated,
-    StoreUnavailable,
-    UnknownAgent,
-)
+from messaging.envelope import Delivery, Envelope, Priority
 from messaging.results import SendResult
-from messaging.settings import Settings
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
-
-    from worker.app import AgentpostCelery
+from messaging.tracing import current_context
+from wire.app import AgentpostCelery, create_app
+from wire.boundary import broker_errors, store_errors
+from wire.errors import BrokerUnavailable, InvalidEnvelope, UnknownAgent
+from wire.publish import publish_delivery, summary_of
+from wire.settings import Settings
 
 __all__ = ["Sender"]
 
@@ -40,7 +34,13 @@ log = logging.getLogger("agentpost.client")
 
 
 class Sender:
-    """Accepts messages into the store and publishes their delivery tasks (``Client``'s core)."""
+    """Accepts messages into the store and publishes their delivery tasks.
+
+    The sending core: ``Client`` adds inspection, mailboxes and request/reply on top,
+    and a handler's ``ctx.send`` is backed by the worker's ``Sender``. It holds the
+    process's handles on the deployment: the settings, the store's engine and the
+    Celery app it publishes with.
+    """
 
     def __init__(
         self,
@@ -64,18 +64,17 @@ class Sender:
         self._app = app
         self._known: dict[str, str] = {}  # agent name -> kind
         with self._store():
-            storage.create_schema(self._engine)
+            storage.create_schema(self.engine)
 
     @property
-    def _engine(self) -> Engine:
+    def engine(self) -> Engine:
+        """The store's engine (one per process and database)."""
         return storage.engine_for(self.settings.database)
 
     @property
     def app(self) -> AgentpostCelery:
         """The Celery app this client publishes with (built lazily)."""
         if self._app is None:
-            from worker.app import create_app  # noqa: PLC0415  (worker imports messaging)
-
             self._app = create_app(self.settings)
         return self._app
 
@@ -167,7 +166,7 @@ class Sender:
                 sender=env.sender,
                 receiver=env.receiver,
                 priority=env.priority,
-                envelope=dump_json(wire),
+                envelope=wire,
                 created_at=time.time(),
                 expires_at=env.expires_at.timestamp() if env.expires_at else None,
             )
@@ -175,7 +174,7 @@ class Sender:
         ]
         with self._store():
             try:
-                inserted = storage.insert_messages(self._engine, rows)
+                inserted = storage.insert_messages(self.engine, rows)
             except IntegrityError as exc:
                 raise InvalidEnvelope(
                     "a message with one of these ids exists already under another "
@@ -185,7 +184,7 @@ class Sender:
         for (env, wire), outcome in zip(checked, inserted, strict=True):
             # Mailbox agents pull from the store: nothing to publish for them.
             if not outcome.duplicate and self._known.get(env.receiver) != "mailbox":
-                self._publish(str(env.id), env.receiver, env.priority, wire)
+                self._publish(str(env.id), env.receiver, env.priority, wire, _summary(env))
             results.append(
                 SendResult(
                     message_id=outcome.message_id,
@@ -195,21 +194,35 @@ class Sender:
             )
         return results
 
-    def _send_best_effort(self, env: Envelope, wire: dict[str, Any]) -> SendResult:
+    def _send_best_effort(self, env: Envelope, wire: str) -> SendResult:
+        """Published without a row: if the broker does not take it, the caller must know.
+
+        Raises:
+            BrokerUnavailable: the broker did not accept the message (nothing has it).
+        """
         if self._known.get(env.receiver) == "mailbox":
             raise InvalidEnvelope(
                 f"best-effort messages go straight to a worker; {env.receiver!r} is a "
                 "mailbox agent: send it at-least-once"
             )
-        self._publish(str(env.id), env.receiver, env.priority, wire)
+        with broker_errors(self.settings.broker):
+            publish_delivery(
+                self.app,
+                message_id=str(env.id),
+                receiver=env.receiver,
+                priority=env.priority,
+                envelope=wire,
+                argsrepr=_summary(env),
+            )
         return SendResult(message_id=str(env.id), duplicate=False, status="sent")
 
-    def _check(self, envelope: Envelope) -> tuple[Envelope, dict[str, Any]]:
+    def _check(self, envelope: Envelope) -> tuple[Envelope, str]:
+        """The envelope as it will be sent, and its wire JSON (made once, here)."""
         envelope.check_size(self.settings.max_payload_bytes)
         self._require_agent(envelope.receiver)
-        if not envelope.trace and (context := tracing.current_context()):
+        if not envelope.trace and (context := current_context()):
             envelope = envelope.model_copy(update={"trace": context})
-        return envelope, envelope.wire()
+        return envelope, envelope.wire_json()
 
     def _require_agent(self, name: str) -> None:
         if name in self._known:
@@ -221,30 +234,36 @@ class Sender:
 
     def _refresh_agents(self) -> list[storage.Agent]:
         with self._store():
-            rows = storage.list_agents(self._engine)
+            rows = storage.list_agents(self.engine)
         self._known = {a.name: a.kind for a in rows}
         return rows
 
     def _publish(
-        self, message_id: str, receiver: str, priority: int, wire: dict[str, Any] | str
+        self,
+        message_id: str,
+        receiver: str,
+        priority: int,
+        wire: str,
+        argsrepr: str | None = None,
     ) -> None:
-        from worker.routing import publish_delivery  # noqa: PLC0415
-
+        """Publish the task of a stored message; a failure is logged, never raised."""
         try:
-            publish_delivery(
-                self.app,
-                message_id=message_id,
-                receiver=receiver,
-                priority=priority,
-                envelope=wire,
-            )
+            with broker_errors(self.settings.broker):
+                publish_delivery(
+                    self.app,
+                    message_id=message_id,
+                    receiver=receiver,
+                    priority=priority,
+                    envelope=wire,
+                    argsrepr=argsrepr,
+                )
         except Exception as exc:
             # Accepted already: the sweeper republishes once the broker is back.
+            reason = str(exc) if isinstance(exc, BrokerUnavailable) else f"{type(exc).__name__}"
             log.warning(
-                "message %s stored but not published (%s: %s); the sweeper will republish it",
+                "message %s stored but not published (%s); the sweeper will republish it",
                 message_id,
-                type(exc).__name__,
-                exc,
+                reason,
             )
 
     def close(self) -> None:
@@ -258,21 +277,17 @@ class Sender:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _store(self) -> Iterator[None]:
-        try:
-            yield
-        except storage.SchemaBehind as exc:
-            raise SchemaOutdated(str(exc)) from exc
-        except SQLAlchemyError as exc:
-            if isinstance(exc, IntegrityError):
-                raise
-            raise StoreUnavailable(
-                f"the store at {_safe_url(self.settings.database)} failed: {exc.__class__.__name__}"
-            ) from exc
+    def _store(self) -> AbstractContextManager[None]:
+        """The store boundary: its failures raised as ``StoreUnavailable``/``SchemaOutdated``."""
+        return store_errors(self.settings.database)
 
 
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url  # noqa: PLC0415
-
-    return make_url(url).render_as_string(hide_password=True)
+def _summary(env: Envelope) -> str:
+    # What Flower shows for the task, from the payload's JSON already made.
+    return summary_of(
+        sender=env.sender,
+        receiver=env.receiver,
+        correlation_id=env.correlation_id,
+        idempotency_key=env.idempotency_key,
+        payload_json=env.payload_json(),
+    )

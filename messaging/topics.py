@@ -14,7 +14,7 @@ from typing import Any
 from uuid import uuid4
 
 from messaging.envelope import Envelope, Priority
-from messaging.errors import InvalidEnvelope
+from wire.errors import InvalidEnvelope
 
 __all__ = ["fan_out", "match_subscribers", "validate_pattern", "validate_topic"]
 

@@ -11,16 +11,17 @@ from storage.credentials import add_key, find_key, list_keys, revoke_keys
 from storage.engine import dispose_engines, engine_for
 from storage.migrate import SchemaBehind, current_revision, head_revision, upgrade
 from storage.queries import (
-    Outcome,
+    ReplyState,
     attempts_of,
     dead_letters,
     get_message,
-    outcome_of,
     peek,
+    reply_state,
     status_counts,
     trace,
 )
 from storage.registry import (
+    find_agent,
     list_agents,
     register_agents,
     register_mailbox,
@@ -43,7 +44,7 @@ from storage.repository import (
     redrive,
     schedule_retry,
 )
-from storage.schema import create_schema, drop_schema
+from storage.schema import create_schema
 from storage.sql import ACTIVE_STATUSES
 from storage.stats import AgentTotals, agent_totals
 from storage.sweeps import overdue, recover_expired
@@ -60,8 +61,8 @@ __all__ = [
     "Inserted",
     "Message",
     "NewMessage",
-    "Outcome",
     "RateBucket",
+    "ReplyState",
     "Republish",
     "SchemaBehind",
     "Subscription",
@@ -77,8 +78,8 @@ __all__ = [
     "current_revision",
     "dead_letters",
     "dispose_engines",
-    "drop_schema",
     "engine_for",
+    "find_agent",
     "find_key",
     "get_message",
     "head_revision",
@@ -86,7 +87,6 @@ __all__ = [
     "list_agents",
     "list_keys",
     "mark_dead",
-    "outcome_of",
     "overdue",
     "peek",
     "purge",
@@ -95,6 +95,7 @@ __all__ = [
     "redrive",
     "register_agents",
     "register_mailbox",
+    "reply_state",
     "revoke_keys",
     "schedule_retry",
     "status_counts",

@@ -16,12 +16,12 @@ from storage.sql import (
 from storage.tables import Attempt, Message
 
 __all__ = [
-    "Outcome",
+    "ReplyState",
     "attempts_of",
     "dead_letters",
     "get_message",
-    "outcome_of",
     "peek",
+    "reply_state",
     "status_counts",
     "trace",
 ]
@@ -94,7 +94,7 @@ def peek(engine: Engine, receiver: str, *, now: float, limit: int) -> list[Messa
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class ReplyState:
     """What a request waiter needs of a message: one narrow row, no attempts."""
 
     status: str
@@ -106,7 +106,7 @@ class Outcome:
     correlation_id: str
 
 
-def outcome_of(engine: Engine, message_id: str) -> Outcome | None:
+def reply_state(engine: Engine, message_id: str) -> ReplyState | None:
     """The status and reply of one message in a single cheap read (request polling)."""
     stmt = select(
         MESSAGES.c.status,
@@ -120,7 +120,7 @@ def outcome_of(engine: Engine, message_id: str) -> Outcome | None:
     reader = postgres.autocommit(engine) if engine.dialect.name == "postgresql" else engine
     with reader.connect() as conn:
         row = conn.execute(stmt).one_or_none()
-    return None if row is None else Outcome(*row)
+    return None if row is None else ReplyState(*row)
 
 
 def status_counts(engine: Engine) -> dict[str, dict[str, int]]:

@@ -14,6 +14,7 @@ from storage.sql import (
 from storage.tables import Agent, Subscription
 
 __all__ = [
+    "find_agent",
     "list_agents",
     "register_agents",
     "register_mailbox",
@@ -39,6 +40,13 @@ def register_agents(
                     set_={"kind": kind, "queue": queue, "last_seen_at": now},
                 )
             )
+
+
+def find_agent(engine: Engine, name: str) -> Agent | None:
+    """One registered agent, or ``None``."""
+    with engine.connect() as conn:
+        row = conn.execute(select(AGENTS).where(AGENTS.c.name == name)).one_or_none()
+    return None if row is None else Agent.model_validate(row._mapping)
 
 
 def list_agents(engine: Engine) -> list[Agent]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, text
-from sqlmodel import SQLModel
+from sqlalchemy import Engine
 
 from storage import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
-from storage.migrate import VERSION_TABLE, ensure_schema
+from storage.migrate import ensure_schema
 
-__all__ = ["create_schema", "drop_schema"]
+__all__ = ["create_schema"]
 
 
 def create_schema(engine: Engine) -> None:
@@ -18,10 +17,3 @@ def create_schema(engine: Engine) -> None:
         SchemaBehind: the store is at an older revision: run ``agentpost db upgrade``.
     """
     ensure_schema(engine)
-
-
-def drop_schema(engine: Engine) -> None:
-    """Drop the store's tables and its migration record (tests, ``demo``)."""
-    SQLModel.metadata.drop_all(engine)
-    with engine.begin() as conn:
-        conn.execute(text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))

@@ -20,7 +20,7 @@ from messaging import (
 )
 from storage.tables import Message, table_of
 from tests.conftest import Backend, Worker
-from worker import create_app, inbox_queue
+from wire import create_app, inbox_queue
 
 CASES: list[tuple[str, Callable[[Client], Any], type[Exception], str]] = [
     (

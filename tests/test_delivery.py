@@ -15,7 +15,7 @@ from kombu import Connection
 import storage
 from messaging import Envelope, MessageState
 from tests.conftest import ROOT, Backend, Worker, lose_queued_messages, wait_final, wait_for
-from worker import create_app, dead_letter_queue, inbox_queue, publish_delivery
+from wire import create_app, dead_letter_queue, inbox_queue, publish_delivery
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 from kombu import Connection, Exchange, Queue
 
 from messaging import Settings
-from worker.transports import FILESYSTEM
+from wire.brokers import FILESYSTEM
 
 # Big enough that a write takes a while: a consumer listing a half-written file is the race.
 PAYLOAD = "x" * 256 * 1024

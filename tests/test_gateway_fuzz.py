@@ -47,7 +47,7 @@ import storage
 from messaging import Client, Settings
 from messaging.gateway.app import create_gateway
 from messaging.gateway.auth import OPERATIONS, create_api_key
-from worker.routing import inbox_name
+from wire.queues import inbox_name
 
 pytestmark = pytest.mark.slow
 

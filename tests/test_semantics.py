@@ -309,4 +309,4 @@ def test_best_effort_runs_once_without_a_row(
     time.sleep(1.0)
     assert len(backend.runs("doomed")) == 1
     with pytest.raises(DeliveryError, match="exactly-once"):
-        _ = Context(Envelope(sender="a", receiver="b"), client=client, worker="w").session
+        _ = Context(Envelope(sender="a", receiver="b"), sender=client, worker="w").session

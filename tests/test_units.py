@@ -10,13 +10,14 @@ import pytest
 
 import messaging
 import storage
+import wire
 import worker
 from messaging import ConfigurationError, Envelope, InvalidEnvelope, Settings, agent
 from messaging.context import child_key
-from worker import backoff_delay_s
+from messaging.lifecycle import backoff_delay_s
 
 
-@pytest.mark.parametrize("package", [messaging, worker, storage])
+@pytest.mark.parametrize("package", [messaging, worker, wire, storage])
 def test_all_lists_every_public_name_sorted(package: object) -> None:
     names = package.__all__  # type: ignore[attr-defined]
     assert names == sorted(names, key=lambda n: (not n.isupper(), n))

@@ -6,7 +6,7 @@ runs a worker exactly as ``agentpost worker my.agents --agents writer`` does.
 
 from __future__ import annotations
 
-from worker.app import create_app
+from wire.app import create_app
 
 __all__ = ["app"]
 

@@ -1,20 +1,22 @@
-"""Celery signal hooks: register served agents, declare the DLX, reset pools after fork."""
+"""Celery signal hooks: register served agents, declare the DLX, reset pools after fork.
+
+Celery imports this module by name when a worker starts (the app's ``include``); the
+hooks are connected for that worker's app only, when it initialises.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import signals
 
 import storage
 from messaging.agents import registered_agents
+from wire.app import AgentpostCelery
+from wire.queues import dead_letter_queue, inbox_name
 from worker import logs
-from worker.routing import dead_letter_queue, inbox_name
-
-if TYPE_CHECKING:
-    from worker.app import AgentpostCelery
 
 __all__ = ["connect", "register_served_agents"]
 
@@ -61,3 +63,14 @@ def connect(app: AgentpostCelery) -> None:
     signals.after_setup_task_logger.connect(on_logging, weak=False)
     signals.worker_ready.connect(on_ready, weak=False)
     signals.worker_process_init.connect(on_process_init, weak=False)
+
+
+def _on_worker_init(sender: Any = None, instance: Any = None, **_: Any) -> None:
+    # Sent before the worker sets up logging and forks its pool: hooks connected now
+    # see every one of those signals.
+    app = getattr(instance, "app", None)
+    if isinstance(app, AgentpostCelery):
+        connect(app)
+
+
+signals.celeryd_init.connect(_on_worker_init, weak=False)

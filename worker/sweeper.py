@@ -11,15 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import storage
-from worker.routing import SWEEP_TASK, publish_delivery
+from wire.app import AgentpostCelery
+from wire.publish import publish_delivery
 
-if TYPE_CHECKING:
-    from worker.app import AgentpostCelery
-
-__all__ = ["SweepReport", "register", "sweep"]
+__all__ = ["SweepReport", "sweep"]
 
 log = logging.getLogger("agentpost.sweeper")
 
@@ -54,12 +51,3 @@ def sweep(app: AgentpostCelery) -> SweepReport:
             len(overdue),
         )
     return SweepReport(len(recovered), len(overdue))
-
-
-def register(app: AgentpostCelery) -> None:
-    """Declare ``agentpost.sweep`` on ``app`` (scheduled by beat)."""
-
-    @app.task(name=SWEEP_TASK, ignore_result=True)
-    def sweep_task() -> dict[str, int]:
-        report = sweep(app)
-        return {"recovered": report.recovered, "republished": report.republished}

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -21,29 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
 from sqlalchemy import text
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import storage
-from messaging.client import Client
-from messaging.errors import (
-    AgentpostError,
-    BrokerUnavailable,
-    InvalidEnvelope,
-    MessageNotFound,
-    PayloadTooLarge,
-    RequestFailed,
-    RequestTimeout,
-    StoreUnavailable,
-    UnknownAgent,
-)
 from messaging.gateway.a2a import A2AResult, add_a2a_routes
-from messaging.gateway.auth import (
-    Authenticator,
-    AuthFailed,
-    Operation,
-    Principal,
-    check_gateway_settings,
-)
+from messaging.gateway.auth import AuthFailed, Principal
+from messaging.gateway.bodylimit import BodyLimit
 from messaging.gateway.models import (
     AgentInvocationRequest,
     AgentInvocationResponse,
@@ -52,9 +31,18 @@ from messaging.gateway.models import (
     MessageRequest,
     public_state,
 )
-from messaging.gateway.ratelimit import RateLimiter
+from messaging.gateway.service import Gateway, InvokeTimeout, scoped_key
 from messaging.results import MessageState
-from messaging.settings import Settings
+from wire.errors import (
+    AgentpostError,
+    BrokerUnavailable,
+    InvalidEnvelope,
+    MessageNotFound,
+    PayloadTooLarge,
+    StoreUnavailable,
+    UnknownAgent,
+)
+from wire.settings import Settings
 
 __all__ = ["create_gateway"]
 
@@ -68,175 +56,6 @@ _SECURITY = [
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 422, 429, 503)
 }
-
-
-class _BodyLimit:
-    """413 for a body over the limit, counted as it arrives (chunked bodies too).
-
-    The body is read here, up to the limit, then replayed to the app: a streamed
-    body that turns out too large is refused before any route sees a byte of it.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(self.limit)(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        size, more = 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.limit:
-                await _too_large(self.limit)(scope, receive, send)
-                return
-        body, sent = b"".join(chunks), False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
-
-
-class Gateway:
-    """The gateway's state: settings, per-thread clients, authenticator, limiter."""
-
-    def __init__(self, settings: Settings) -> None:
-        check_gateway_settings(settings)
-        self.settings = settings
-        self.engine = storage.engine_for(settings.database)
-        storage.create_schema(self.engine)
-        self.auth = Authenticator(settings, self.engine)
-        self.limiter = RateLimiter(settings)
-        self._local = threading.local()
-
-    @property
-    def client(self) -> Client:
-        # One client per server thread: a Client holds broker connections.
-        client: Client | None = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = Client(self.settings)
-        return client
-
-    def audit(
-        self,
-        subject: str,
-        action: str,
-        outcome: str,
-        *,
-        agent: str | None = None,
-        message_id: str | None = None,
-        detail: str | None = None,
-    ) -> None:
-        storage.record_audit(
-            self.engine,
-            storage.AuditEntry(
-                at=time.time(),
-                subject=subject,
-                action=action,
-                agent=agent,
-                message_id=message_id,
-                outcome=outcome,
-                detail=detail,
-            ),
-        )
-
-    def require(self, principal: Principal, operation: Operation, agent: str) -> None:
-        """403 (audited) unless ``principal`` may do ``operation`` on ``agent``."""
-        if not principal.may(operation, agent):
-            self.deny(principal, operation, agent)
-
-    def deny(self, principal: Principal, operation: Operation, agent: str) -> NoReturn:
-        """Refuse with 403, and audit the refusal."""
-        self.audit(principal.subject, operation, "denied", agent=agent, detail="forbidden")
-        raise HTTPException(403, f"{principal.subject!r} may not {operation} {agent!r}")
-
-    def sender(self, principal: Principal, claimed: str | None, action: str, agent: str) -> str:
-        """The envelope's sender: the subject; a body claiming another is refused."""
-        if principal.via == "allow_all":
-            return claimed or principal.subject
-        if claimed is not None and claimed != principal.subject:
-            self.audit(principal.subject, action, "denied", agent=agent, detail="spoofed sender")
-            raise HTTPException(
-                403,
-                f"source_agent {claimed!r} is not the authenticated caller {principal.subject!r}",
-            )
-        return principal.subject
-
-    def may_read(self, principal: Principal, state: MessageState) -> bool:
-        """Read your own messages, or those sent to agents you may read."""
-        return "read" in principal.operations and (
-            state.sender == principal.subject or principal.may("read", state.receiver)
-        )
-
-    def invoke(
-        self, principal: Principal, agent: str, body: AgentInvocationRequest
-    ) -> AgentInvocationResponse:
-        """Send through the bus and wait for the reply (504 with the id on timeout)."""
-        self.require(principal, "invoke", agent)
-        if body.target_agent is not None and body.target_agent != agent:
-            raise HTTPException(
-                422, f"target_agent {body.target_agent!r} is not the agent in the path {agent!r}"
-            )
-        sender = self.sender(principal, body.source_agent, "invoke", agent)
-        timeout_s = min(body.timeout_s, self.settings.gateway_max_timeout_s)
-        context = {
-            "run_id": body.run_id,
-            "thread_id": body.thread_id,
-            "conversation_id": body.conversation_id,
-        }
-        metadata = {**body.metadata, **{k: v for k, v in context.items() if v is not None}}
-        try:
-            reply = self.client.request(
-                agent,
-                body.payload,
-                sender=sender,
-                timeout_s=timeout_s,
-                correlation_id=body.correlation_id or body.conversation_id,
-                idempotency_key=_scoped(principal, body.idempotency_key),
-                metadata=metadata,
-            )
-        except RequestTimeout as exc:
-            self.audit(sender, "invoke", "timeout", agent=agent, message_id=exc.message_id)
-            raise _Timeout(str(exc), exc.message_id) from None
-        except RequestFailed as exc:
-            self.audit(sender, "invoke", "failed", agent=agent, message_id=exc.message_id)
-            return AgentInvocationResponse(
-                run_id=body.run_id, success=False, error=str(exc), message_id=exc.message_id
-            )
-        self.audit(sender, "invoke", "ok", agent=agent, message_id=reply.parent_id)
-        return AgentInvocationResponse(
-            run_id=body.run_id, success=True, output=reply.payload, message_id=reply.parent_id
-        )
-
-
-class _Timeout(Exception):
-    def __init__(self, detail: str, message_id: str) -> None:
-        super().__init__(detail)
-        self.message_id = message_id
-
-
-def _scoped(principal: Principal, key: str | None) -> str | None:
-    # Keys are per caller: another caller's key must not return this caller's result.
-    return None if key is None else f"{principal.subject}:{key}"
 
 
 def create_gateway(settings: Settings | None = None) -> FastAPI:
@@ -257,7 +76,7 @@ def create_gateway(settings: Settings | None = None) -> FastAPI:
     )
     app.state.gateway = gateway
     _add_auth_middleware(app, gateway)
-    app.add_middleware(_BodyLimit, limit=gateway.settings.gateway_body_limit)
+    app.add_middleware(BodyLimit, limit=gateway.settings.gateway_body_limit)
     _add_error_handlers(app)
     _add_routes(app, gateway)
 
@@ -277,7 +96,7 @@ def create_gateway(settings: Settings | None = None) -> FastAPI:
         )
         try:
             done = await run_in_threadpool(gateway.invoke, _principal(request), agent, body)
-        except _Timeout as exc:
+        except InvokeTimeout as exc:
             raise HTTPException(504, str(exc)) from None
         return A2AResult(done.success, done.output, done.error, done.message_id)
 
@@ -363,10 +182,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error, handle)
 
     def timed_out(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, _Timeout)
+        assert isinstance(exc, InvokeTimeout)
         return _refusal({"detail": str(exc), "message_id": exc.message_id}, 504)
 
-    app.add_exception_handler(_Timeout, timed_out)
+    app.add_exception_handler(InvokeTimeout, timed_out)
 
 
 def _add_routes(app: FastAPI, gateway: Gateway) -> None:
@@ -391,7 +210,7 @@ def _add_routes(app: FastAPI, gateway: Gateway) -> None:
             body.payload,
             sender=sender,
             correlation_id=body.correlation_id,
-            idempotency_key=_scoped(caller, body.idempotency_key),
+            idempotency_key=scoped_key(caller, body.idempotency_key),
             priority=body.priority,
             ttl_s=body.ttl_s,
             metadata=body.metadata,

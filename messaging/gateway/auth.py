@@ -24,8 +24,8 @@ from sqlalchemy import Engine
 
 import storage
 from messaging.envelope import validate_agent_name
-from messaging.errors import ConfigurationError, InvalidEnvelope
-from messaging.settings import Settings
+from wire.errors import ConfigurationError, InvalidEnvelope
+from wire.settings import Settings
 
 __all__ = [
     "OPERATIONS",

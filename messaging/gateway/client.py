@@ -6,13 +6,13 @@ from typing import Any, Self
 
 import httpx
 
-from messaging.errors import GatewayError, RequestTimeout
 from messaging.gateway.models import (
     AgentInvocationRequest,
     AgentInvocationResponse,
     MessageAccepted,
     MessageRequest,
 )
+from wire.errors import GatewayError, RequestTimeout
 
 __all__ = ["A2AClient", "AsyncA2AClient"]
 

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 import storage
-from messaging.settings import Settings
+from wire.settings import Settings
 
 __all__ = ["RateLimiter"]
 

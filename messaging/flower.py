@@ -5,13 +5,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from flower.views import monitor
-from tornado import web
-
-from messaging.errors import ConfigurationError
+from wire.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from worker.app import AgentpostCelery
+    from wire.app import AgentpostCelery
 
 __all__ = ["run_flower"]
 
@@ -19,6 +16,10 @@ __all__ = ["run_flower"]
 def _protect_open_views() -> None:
     # Flower 2 serves /metrics and /healthcheck to anyone, even with basic auth on;
     # give them the same check as every other view (Prometheus and probes send auth).
+    # Imported here: Flower and Tornado load only in the process that serves Flower.
+    from flower.views import monitor  # noqa: PLC0415
+    from tornado import web  # noqa: PLC0415
+
     for view in (monitor.Metrics, monitor.Healthcheck):
         if not getattr(view.get, "__wrapped__", None):
             view.get = web.authenticated(view.get)

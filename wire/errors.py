@@ -19,8 +19,10 @@
         ├── DeadLettered                     the final failure of a delivery task
         └── LeaseExpired                     a mailbox ack/nack/reply after the lease was lost
 
-Redis, kombu, SQLAlchemy and Celery errors are translated into these at the
-boundary (``raise ... from exc``).
+Users import them from ``messaging``. The store's and the broker's own errors
+(SQLAlchemy; kombu, redis, amqp) are translated into ``StoreUnavailable``,
+``SchemaOutdated`` and ``BrokerUnavailable`` at one boundary, ``wire/boundary.py``,
+with ``raise ... from exc``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from messaging.settings import Settings
+from wire.settings import Settings
 
 __all__ = ["AMQP", "FILESYSTEM", "REDIS", "TransportProfile", "profile_for"]
 
@@ -18,7 +18,6 @@ class TransportProfile:
     """What differs between brokers."""
 
     name: str
-    native_dead_letter: bool  # the broker routes rejected messages to a DLX itself
     has_priorities: bool
     # A kombu transport class of ours replacing the URL scheme's own (Celery's
     # ``broker_transport``); None: kombu's.
@@ -71,12 +70,11 @@ class TransportProfile:
 
 FILESYSTEM = TransportProfile(
     "filesystem",
-    native_dead_letter=False,
     has_priorities=False,
-    transport_class="worker.filesystem:Transport",
+    transport_class="wire.filesystem:Transport",
 )
-REDIS = TransportProfile("redis", native_dead_letter=False, has_priorities=True)
-AMQP = TransportProfile("amqp", native_dead_letter=True, has_priorities=True)
+REDIS = TransportProfile("redis", has_priorities=True)
+AMQP = TransportProfile("amqp", has_priorities=True)
 
 
 def profile_for(broker_url: str) -> TransportProfile:

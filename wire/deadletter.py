@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from celery.utils.imports import symbol_by_name
 
-from worker.routing import dead_letter_exchange, dead_letter_queue
+from wire.queues import dead_letter_exchange, dead_letter_queue
 
 if TYPE_CHECKING:
-    from worker.app import AgentpostCelery
+    from wire.app import AgentpostCelery
 
 __all__ = ["DeadLetter", "dead_letter"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from worker.routing import inbox_name, inbox_queue
-from worker.transports import REDIS, profile_for
+from wire.brokers import REDIS, profile_for
+from wire.queues import inbox_name, inbox_queue
 
 if TYPE_CHECKING:
-    from worker.app import AgentpostCelery
+    from wire.app import AgentpostCelery
 
 __all__ = ["consumers_by_queue", "inbox_depths"]
 

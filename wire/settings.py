@@ -15,9 +15,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from messaging.errors import ConfigurationError
+from wire.errors import ConfigurationError
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "redact"]
 
 AuthProvider = Literal["api_key", "jwt", "allow_all"]
 _BROKER_SCHEMES = {"filesystem", "redis", "rediss", "amqp", "pyamqp", "amqps"}
@@ -143,7 +143,7 @@ class Settings(BaseSettings):
         url = value.get_secret_value()
         if url and not url.startswith(("http://", "https://")):
             raise ConfigurationError(
-                f"AGENTPOST_ALERT_WEBHOOK_URL {_redact(url)!r} must be an http(s) URL"
+                f"AGENTPOST_ALERT_WEBHOOK_URL {redact(url)!r} must be an http(s) URL"
             )
         return value
 
@@ -154,7 +154,7 @@ class Settings(BaseSettings):
             scheme = value.split("://", 1)[0] if "://" in value else ""
             if scheme not in _BROKER_SCHEMES:
                 raise ConfigurationError(
-                    f"AGENTPOST_BROKER_URL {_redact(value)!r} is not supported: use "
+                    f"AGENTPOST_BROKER_URL {redact(value)!r} is not supported: use "
                     "redis://, amqp:// or filesystem://"
                 )
         return value
@@ -168,11 +168,11 @@ class Settings(BaseSettings):
             url = make_url(value)
         except ArgumentError as exc:
             raise ConfigurationError(
-                f"AGENTPOST_DATABASE_URL {_redact(value)!r} is not a database URL"
+                f"AGENTPOST_DATABASE_URL {redact(value)!r} is not a database URL"
             ) from exc
         if url.get_backend_name() not in _DATABASE_BACKENDS:
             raise ConfigurationError(
-                f"AGENTPOST_DATABASE_URL {_redact(value)!r} is not supported: use "
+                f"AGENTPOST_DATABASE_URL {redact(value)!r} is not supported: use "
                 "sqlite:///path or postgresql+psycopg://"
             )
         if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
@@ -217,6 +217,6 @@ class Settings(BaseSettings):
         return f"db+sqlite:///{self.home / 'results.db'}"
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """A URL with its password hidden: settings errors must not log secrets."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)

@@ -1,7 +1,9 @@
 """The Celery application of agentpost and its configuration.
 
-One function builds it from ``Settings``; the client uses the same app object to
-publish (by task name) and the worker to consume.
+One function builds it from ``Settings``; a sending process uses it to publish (by
+task name) and a worker to consume. The task and signal modules are named here, not
+imported: Celery imports them when a worker starts (``include``), so a process that
+only sends never loads them.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from typing import Any
 
 from celery import Celery
 
-from messaging.settings import Settings
-from worker.routing import SWEEP_TASK, AgentpostAMQP, sweeper_queue
-from worker.transports import profile_for
+from wire.brokers import profile_for
+from wire.queues import SWEEP_TASK, AgentpostAMQP, sweeper_queue
+from wire.settings import Settings
 
-__all__ = ["AgentpostCelery", "create_app"]
+__all__ = ["WORKER_MODULES", "AgentpostCelery", "create_app"]
+
+# Imported by Celery in worker processes only (the deliver and sweep tasks, the hooks).
+WORKER_MODULES = ("worker.tasks", "worker.signals")
 
 
 class AgentpostCelery(Celery):
@@ -25,7 +30,7 @@ class AgentpostCelery(Celery):
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
-        super().__init__("agentpost", amqp=AgentpostAMQP, **kwargs)
+        super().__init__("agentpost", amqp=AgentpostAMQP, include=list(WORKER_MODULES), **kwargs)
 
 
 def create_app(settings: Settings | None = None) -> AgentpostCelery:
@@ -77,9 +82,4 @@ def create_app(settings: Settings | None = None) -> AgentpostCelery:
         beat_schedule_filename=str(settings.home / "beat-schedule"),
         beat_max_loop_interval=max(1.0, min(settings.sweep_interval_s, 30.0)),
     )
-    from worker import deliver, signals, sweeper  # noqa: PLC0415  (they register on this app)
-
-    deliver.register(app)
-    sweeper.register(app)
-    signals.connect(app)
     return app

@@ -1,4 +1,4 @@
-"""Queues and exchanges, and publishing a delivery task to an agent's inbox.
+"""Task names, queues and exchanges: what every process declares the same way.
 
 Every inbox is declared with the same arguments by every process (client, worker,
 sweeper): on RabbitMQ a queue re-declared with other arguments fails with
@@ -8,17 +8,13 @@ PRECONDITION_FAILED, so Celery's "create missing queue" path is routed through
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery.app.amqp import AMQP, Queues
 from kombu import Exchange, Queue
 
-from messaging.settings import Settings
-from worker.transports import profile_for
-
-if TYPE_CHECKING:
-    from worker.app import AgentpostCelery
+from wire.brokers import profile_for
+from wire.settings import Settings
 
 __all__ = [
     "DELIVER_TASK",
@@ -28,8 +24,6 @@ __all__ = [
     "dead_letter_queue",
     "inbox_name",
     "inbox_queue",
-    "publish_delivery",
-    "summary",
     "sweeper_queue",
 ]
 
@@ -102,39 +96,3 @@ class AgentpostAMQP(AMQP):
         assert isinstance(result, _InboxQueues)
         result.agentpost_settings = getattr(self.app, "settings", None)
         return result
-
-
-def publish_delivery(
-    app: AgentpostCelery,
-    *,
-    message_id: str,
-    receiver: str,
-    priority: int,
-    envelope: dict[str, Any] | str,
-) -> None:
-    """Publish ``agentpost.deliver`` for one stored message (by task name, no agent code).
-
-    The task id is the message id, so every copy of a message's task (retries,
-    sweeper republishes) shows up under one id in Flower and the result backend.
-    """
-    settings = app.settings
-    body = json.loads(envelope) if isinstance(envelope, str) else envelope
-    app.send_task(
-        DELIVER_TASK,
-        args=[body],
-        task_id=message_id,
-        queue=inbox_queue(receiver, settings),  # type: ignore[arg-type]  # a Queue works too
-        priority=profile_for(settings.broker).message_priority(priority),
-        argsrepr=summary(body),
-    )
-
-
-def summary(body: dict[str, Any]) -> str:
-    """What Flower shows instead of a possibly large payload."""
-    payload = json.dumps(body.get("payload"), default=str)
-    if len(payload) > 80:
-        payload = payload[:77] + "..."
-    return (
-        f"{body.get('sender')} → {body.get('receiver')} · corr={body.get('correlation_id')} "
-        f"· key={body.get('idempotency_key')} · {payload}"
-    )

@@ -1,0 +1,52 @@
+"""The wire layer: what every agentpost process shares to put a message on the broker.
+
+Below both the public API (``messaging``) and the worker (``worker``), above the store:
+the settings and the error tree, task and queue names and declarations, broker
+profiles and the embedded transport, the configured Celery app, publishing a
+delivery, dead-letter publishing, inbox inspection, and the one boundary where store
+and broker errors become agentpost's.
+"""
+
+from __future__ import annotations
+
+from wire.app import WORKER_MODULES, AgentpostCelery, create_app
+from wire.boundary import broker_errors, store_errors
+from wire.brokers import TransportProfile, profile_for
+from wire.deadletter import DeadLetter, dead_letter
+from wire.encoding import dump_json
+from wire.inbox import consumers_by_queue, inbox_depths
+from wire.publish import publish_delivery
+from wire.queues import (
+    DELIVER_TASK,
+    SWEEP_TASK,
+    dead_letter_exchange,
+    dead_letter_queue,
+    inbox_name,
+    inbox_queue,
+    sweeper_queue,
+)
+from wire.settings import Settings
+
+__all__ = [
+    "DELIVER_TASK",
+    "SWEEP_TASK",
+    "WORKER_MODULES",
+    "AgentpostCelery",
+    "DeadLetter",
+    "Settings",
+    "TransportProfile",
+    "broker_errors",
+    "consumers_by_queue",
+    "create_app",
+    "dead_letter",
+    "dead_letter_exchange",
+    "dead_letter_queue",
+    "dump_json",
+    "inbox_depths",
+    "inbox_name",
+    "inbox_queue",
+    "profile_for",
+    "publish_delivery",
+    "store_errors",
+    "sweeper_queue",
+]
