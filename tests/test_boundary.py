@@ -1,0 +1,146 @@
+"""One boundary for errors: what the store and the broker raise becomes agentpost's own.
+
+Each underlying error kind is raised inside the boundary and must come out as ours,
+with the original as ``__cause__``; then the real paths (a store that is not a
+database, a broker that does not answer) on the client and the mailbox alike.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import amqp.exceptions
+import kombu.exceptions
+import pytest
+import redis.exceptions
+from sqlalchemy.exc import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+import storage
+from messaging import (
+    BrokerUnavailable,
+    Client,
+    SchemaOutdated,
+    Settings,
+    StoreUnavailable,
+)
+from tests.conftest import free_port
+from wire import broker_errors, inbox_name, store_errors
+
+DATABASE = "postgresql+psycopg://agentpost:s3cret@db.example:5432/agentpost"
+BROKER = "amqp://agentpost:s3cret@mq.example:5672//"
+
+STORE_ERRORS: list[BaseException] = [
+    OperationalError("SELECT 1", {}, Exception("connection refused")),
+    InterfaceError("SELECT 1", {}, Exception("connection already closed")),
+    DatabaseError("SELECT 1", {}, Exception("file is not a database")),
+    ProgrammingError("SELECT 1", {}, Exception("relation does not exist")),
+    PoolTimeout("QueuePool limit of size 5 overflow 10 reached"),
+]
+BROKER_ERRORS: list[BaseException] = [
+    kombu.exceptions.OperationalError("Error 111 connecting to mq.example. Refused."),
+    kombu.exceptions.ConnectionLimitExceeded("too many connections"),
+    redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379."),
+    redis.exceptions.TimeoutError("Timeout reading from socket"),
+    amqp.exceptions.ConnectionForced("(0, 0): (320) CONNECTION_FORCED"),
+    amqp.exceptions.AccessRefused("(0, 0): (403) ACCESS_REFUSED"),
+    ConnectionRefusedError(111, "Connection refused"),
+    TimeoutError("timed out"),  # socket.timeout
+]
+
+
+@pytest.mark.parametrize("error", STORE_ERRORS, ids=lambda e: type(e).__name__)
+def test_store_errors_become_store_unavailable(error: BaseException) -> None:
+    with pytest.raises(StoreUnavailable) as info, store_errors(DATABASE):
+        raise error
+    assert info.value.__cause__ is error
+    assert type(error).__name__ in str(info.value)
+    assert "s3cret" not in str(info.value) and "db.example" in str(info.value)
+
+
+def test_a_store_behind_becomes_schema_outdated() -> None:
+    behind = storage.SchemaBehind("0001", "0002")
+    with pytest.raises(SchemaOutdated, match="db upgrade") as info, store_errors(DATABASE):
+        raise behind
+    assert info.value.__cause__ is behind
+
+
+def test_a_constraint_passes_through_for_the_caller_to_interpret() -> None:
+    conflict = IntegrityError("INSERT", {}, Exception("duplicate key"))
+    with pytest.raises(IntegrityError), store_errors(DATABASE):
+        raise conflict
+
+
+@pytest.mark.parametrize("error", BROKER_ERRORS, ids=lambda e: type(e).__name__)
+def test_broker_errors_become_broker_unavailable(error: BaseException) -> None:
+    with pytest.raises(BrokerUnavailable) as info, broker_errors(BROKER):
+        raise error
+    assert info.value.__cause__ is error
+    assert type(error).__name__ in str(info.value)
+    assert "s3cret" not in str(info.value) and "mq.example" in str(info.value)
+
+
+def test_other_errors_are_not_taken_for_an_outage() -> None:
+    with pytest.raises(KeyError), broker_errors(BROKER), store_errors(DATABASE):
+        raise KeyError("a bug is a bug")
+
+
+def _ruin(database: Path) -> None:
+    """What a broken store looks like to SQLite: a file that is not a database."""
+    for leftover in database.parent.glob(database.name + "-*"):
+        leftover.unlink()
+    database.write_bytes(b"this is not a database" * 100)
+
+
+def test_a_broken_store_is_store_unavailable_on_the_client_and_the_mailbox(
+    tmp_path: Path,
+) -> None:
+    # Given a client and a mailbox agent on the embedded default
+    settings = Settings(home=tmp_path)
+    client = Client(settings)
+    client.register("inbox")
+    box = client.mailbox("inbox")
+    sent = client.send("inbox", {"n": 1}, sender="t")
+    message = box.receive()
+    assert message is not None
+    # When the store turns into something that is not a database
+    _ruin(tmp_path / "store.db")
+    # Then every door says so in our words, with SQLAlchemy's error as the cause
+    calls = {
+        "send": lambda: client.send("inbox", 2, sender="t"),
+        "status": lambda: client.status(sent.message_id),
+        "receive": lambda: box.receive(),
+        "peek": lambda: box.peek(),
+        "ack": lambda: message.ack(),
+        "nack": lambda: message.nack("no"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(StoreUnavailable) as info:
+            call()
+        assert isinstance(info.value.__cause__, DatabaseError), name
+    client.close()
+
+
+def test_a_best_effort_send_to_a_broker_that_does_not_answer_is_broker_unavailable(
+    tmp_path: Path,
+) -> None:
+    # Given a Redis broker URL where nothing listens (the store is fine)
+    settings = Settings(home=tmp_path, broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    client = Client(settings)
+    storage.register_agents(
+        client.engine, [("echo", inbox_name("echo", settings))], kind="handler", now=time.time()
+    )
+    # When a best-effort message (which has no row to fall back on) is sent
+    with pytest.raises(BrokerUnavailable, match="did not answer") as info:
+        client.send("echo", 1, sender="t", delivery="best-effort")
+    assert isinstance(info.value.__cause__, kombu.exceptions.OperationalError)
+    # An at-least-once one is accepted all the same: stored, published by the sweeper later
+    assert client.send("echo", 2, sender="t").status == "queued"
+    client.close()
