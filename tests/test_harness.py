@@ -1,0 +1,288 @@
+"""The behaviour checks a developer runs while changing code: in one process, in milliseconds.
+
+``worker.Harness`` delivers through the real deliver path, lifecycle, embedded broker
+and SQLite store, with no worker subprocess. The real-worker suite (``test_delivery``,
+``test_semantics``) stays the proof against real servers and killed processes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection
+from sqlalchemy import text
+
+import storage
+from messaging import Context, Envelope, MessageNotFound, PermanentError, Settings, agent
+from wire import dead_letter_queue, publish_delivery
+from worker import Harness
+
+# Every handler run, as (agent, message id, attempt): the harness runs them in this process.
+RUNS: list[tuple[str, str, int]] = []
+FAIL_UNTIL: dict[str, int] = {}  # message id -> attempts that fail before one succeeds
+
+
+def _ran(msg: Envelope, ctx: Context) -> None:
+    RUNS.append((ctx.agent, str(msg.id), ctx.attempt))
+
+
+@agent("h.echo")
+def echo(msg: Envelope, ctx: Context) -> Any:
+    _ran(msg, ctx)
+    return msg.payload
+
+
+@agent("h.flaky", max_retries=4)
+def flaky(msg: Envelope, ctx: Context) -> str:
+    _ran(msg, ctx)
+    if ctx.attempt <= FAIL_UNTIL.get(str(msg.id), 0):
+        raise ConnectionError(f"upstream down on attempt {ctx.attempt}")
+    return "ok"
+
+
+@agent("h.doomed", max_retries=2)
+def doomed(msg: Envelope, ctx: Context) -> None:
+    _ran(msg, ctx)
+    raise RuntimeError(f"boom on attempt {ctx.attempt}")
+
+
+@agent("h.rejecter")
+def rejecter(msg: Envelope, ctx: Context) -> None:
+    _ran(msg, ctx)
+    raise PermanentError("this can never work")
+
+
+@agent("h.ledger")
+def ledger(msg: Envelope, ctx: Context) -> None:
+    _ran(msg, ctx)
+    ctx.session.execute(text("INSERT INTO h_effects (message_id) VALUES (:m)"), {"m": str(msg.id)})
+    if isinstance(msg.payload, dict) and msg.payload.get("fail_after_write"):
+        raise RuntimeError("failed after writing")
+
+
+@agent("h.parent")
+def parent(msg: Envelope, ctx: Context) -> None:
+    _ran(msg, ctx)
+    ctx.send("h.echo", {"child": 1})
+    ctx.send("h.echo", {"child": 2})
+    if ctx.attempt == 1:
+        raise ConnectionError("fails after sending its children, then runs again")
+
+
+@agent("h.async")
+async def asynchronous(msg: Envelope, ctx: Context) -> Any:
+    _ran(msg, ctx)
+    return {"awaited": msg.payload}
+
+
+AGENTS = ("h.echo", "h.flaky", "h.doomed", "h.rejecter", "h.ledger", "h.parent", "h.async")
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    RUNS.clear()
+    FAIL_UNTIL.clear()
+    settings = Settings(
+        home=tmp_path, backoff_s=0.01, backoff_max_s=0.05, lease_s=30, redeliver_after_s=0.05
+    )
+    with Harness(settings) as h:
+        assert h.serve(*AGENTS) == sorted(AGENTS)
+        yield h
+    storage.dispose_engines()
+
+
+def runs(agent_name: str) -> list[tuple[str, int]]:
+    return [(message_id, attempt) for name, message_id, attempt in RUNS if name == agent_name]
+
+
+def test_a_message_is_delivered_with_its_reply(harness: Harness) -> None:
+    sent = harness.client.send("h.echo", {"x": [1, 2]}, sender="t")
+    assert [o.kind for o in harness.run()] == ["delivered"]
+    state = harness.client.status(sent.message_id)
+    assert (state.status, state.reply, state.attempts) == ("delivered", {"x": [1, 2]}, 1)
+    assert runs("h.echo") == [(sent.message_id, 1)]
+
+
+def test_an_async_handler_is_awaited(harness: Harness) -> None:
+    sent = harness.client.send("h.async", 7, sender="t")
+    harness.run()
+    assert harness.client.status(sent.message_id).reply == {"awaited": 7}
+
+
+def test_retries_with_backoff_then_success(harness: Harness) -> None:
+    sent = harness.client.send("h.flaky", None, sender="t")
+    FAIL_UNTIL[sent.message_id] = 2
+    assert [o.kind for o in harness.run()] == ["retry", "retry", "delivered"]
+    state = harness.client.status(sent.message_id)
+    assert [a.outcome for a in state.attempt_log] == ["retry", "retry", "delivered"]
+    assert state.attempt_log[0].error == "ConnectionError: upstream down on attempt 1"
+
+
+def test_exhausted_retries_dead_letter_with_every_error(harness: Harness) -> None:
+    sent = harness.client.send("h.doomed", {"order": 7}, sender="t")
+    outcomes = harness.run()
+    assert [o.kind for o in outcomes] == ["retry", "retry", "dead"]
+    state = harness.client.status(sent.message_id)
+    assert (state.status, state.dead_reason, state.attempts) == ("dead", "exhausted", 3)
+    assert [a.error for a in state.attempt_log] == [
+        f"RuntimeError: boom on attempt {n}" for n in (1, 2, 3)
+    ]
+    assert all(a.traceback and "RuntimeError" in a.traceback for a in state.attempt_log)
+    # The dead letter went to the DLX queue too, with its reason and attempts
+    settings = harness.settings
+    options = harness.app.conf.broker_transport_options
+    with Connection(settings.broker, transport_options=options) as conn:
+        letter = conn.SimpleQueue(dead_letter_queue(settings)).get(timeout=1)
+        assert (letter.payload["message_id"], letter.payload["reason"]) == (
+            sent.message_id,
+            "exhausted",
+        )
+        assert letter.payload["attempts"] == 3
+        letter.ack()
+
+
+def test_a_permanent_error_is_dead_at_once(harness: Harness) -> None:
+    sent = harness.client.send("h.rejecter", None, sender="t")
+    assert [o.kind for o in harness.run()] == ["dead"]
+    state = harness.client.status(sent.message_id)
+    assert (state.dead_reason, state.attempts) == ("rejected", 1)
+    assert state.error == "PermanentError: this can never work"
+
+
+def test_an_expired_message_is_dead_and_never_handled(harness: Harness) -> None:
+    sent = harness.client.send("h.echo", None, sender="t", ttl_s=0.01)
+    time.sleep(0.05)
+    harness.run()
+    state = harness.client.status(sent.message_id)
+    assert (state.status, state.dead_reason) == ("dead", "expired")
+    assert "before a handler took it" in (state.error or "")
+    assert runs("h.echo") == []
+
+
+def test_an_envelope_of_an_unknown_major_is_dead_as_invalid(harness: Harness) -> None:
+    wire = Envelope.build("h.echo", {"x": 1}, sender="future").wire()
+    wire["schema_version"] = "2.0"
+    storage.insert_messages(
+        harness.client.engine,
+        [
+            storage.NewMessage(
+                id=wire["id"],
+                idempotency_key=wire["id"],
+                correlation_id=wire["id"],
+                parent_id=None,
+                sender="future",
+                receiver="h.echo",
+                priority=5,
+                envelope=json.dumps(wire),
+                created_at=time.time(),
+                expires_at=None,
+            )
+        ],
+    )
+    publish_delivery(
+        harness.app, message_id=wire["id"], receiver="h.echo", priority=5, envelope=wire
+    )
+    harness.run()
+    state = harness.client.status(wire["id"])
+    assert (state.status, state.dead_reason) == ("dead", "invalid")
+    assert "unknown major version" in (state.error or "")
+    assert runs("h.echo") == []
+
+
+def test_exactly_once_writes_commit_with_the_completion_or_not_at_all(harness: Harness) -> None:
+    with harness.client.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE h_effects (message_id TEXT NOT NULL)"))
+    kept = harness.client.send("h.ledger", {}, sender="t", delivery="exactly-once")
+    failed = harness.client.send(
+        "h.ledger", {"fail_after_write": True}, sender="t", delivery="exactly-once"
+    )
+    harness.run()
+    with harness.client.engine.connect() as conn:
+        effects = conn.execute(text("SELECT message_id FROM h_effects")).scalars().all()
+    # The failing handler wrote on each of its 6 attempts; none of it was kept
+    assert effects == [kept.message_id]
+    assert len(runs("h.ledger")) == 1 + 6
+    assert harness.client.status(failed.message_id).dead_reason == "exhausted"
+
+
+def test_children_of_a_rerun_handler_are_sent_once(harness: Harness) -> None:
+    sent = harness.client.send("h.parent", None, sender="t", correlation_id="chain-h")
+    harness.run()
+    chain = harness.client.trace("chain-h")
+    children = [s for s in chain if s.message_id != sent.message_id]
+    assert sorted(c.payload["child"] for c in children) == [1, 2]
+    assert {(c.parent_id, c.sender, c.status) for c in children} == {
+        (sent.message_id, "h.parent", "delivered")
+    }
+    assert len(runs("h.parent")) == 2 and len(runs("h.echo")) == 2
+
+
+def test_urgent_messages_overtake_a_queued_backlog(harness: Harness) -> None:
+    backlog = [harness.client.send("h.echo", n, sender="t").message_id for n in range(3)]
+    urgent = harness.client.send("h.echo", "now", sender="t", priority="urgent").message_id
+    harness.run()
+    assert [m for m, _ in runs("h.echo")] == [urgent, *backlog]
+
+
+def test_a_lost_attempt_is_recovered_by_the_sweeper(harness: Harness) -> None:
+    # Given a message whose worker claimed it and died (its lease runs out)
+    sent = harness.client.send("h.echo", "lost", sender="t")
+    claim = storage.claim(
+        harness.client.engine, sent.message_id, worker="gone:1", now=time.time(), lease_s=0.3
+    )
+    assert claim is not None
+    harness.run()  # the task is taken, but the row is running under the dead worker's lease
+    time.sleep(0.35)
+    # When the sweeper runs: the lost attempt is recorded, and once the row is overdue
+    # (the embedded broker's filesystem tasks are tokens for due rows) it is republished
+    assert harness.sweep().recovered == 1
+    harness.run()
+    time.sleep(0.15)
+    assert harness.sweep().republished == 1
+    harness.run()
+    state = harness.client.status(sent.message_id)
+    assert state.status == "delivered"
+    assert [(a.outcome, a.worker) for a in state.attempt_log] == [
+        ("lost", "gone:1"),
+        ("delivered", state.attempt_log[1].worker),
+    ]
+
+
+def test_best_effort_runs_once_without_a_row(harness: Harness) -> None:
+    sent = harness.client.send("h.doomed", None, sender="t", delivery="best-effort")
+    assert [o.kind for o in harness.run()] == ["dead"]
+    assert len(runs("h.doomed")) == 1
+    with pytest.raises(MessageNotFound):
+        harness.client.status(sent.message_id)
+
+
+def test_a_mailbox_follows_the_same_lifecycle(harness: Harness) -> None:
+    client = harness.client
+    client.register("h.box", max_retries=1, backoff_s=0.2)
+    box = client.mailbox("h.box")
+    sent = client.send("h.box", {"n": 1}, sender="t")
+    # nack: a retry after backoff, then dead once the retries are used
+    first = box.receive()
+    assert first is not None and first.attempt == 1
+    first.nack("not now")
+    assert box.receive() is None  # backing off
+    second = box.receive(timeout_s=1)
+    assert second is not None and second.attempt == 2
+    second.nack(ValueError("still no"))
+    state = client.status(sent.message_id)
+    assert (state.status, state.dead_reason) == ("dead", "exhausted")
+    assert [a.outcome for a in state.attempt_log] == ["retry", "dead"]
+    # A consumer that vanishes with its leases uses the attempts up just the same
+    lost = client.send("h.box", {"n": 2}, sender="t")
+    for _ in range(2):
+        assert box.receive(lease_s=0.01) is not None
+        time.sleep(0.02)
+    assert box.receive() is None
+    state = client.status(lost.message_id)
+    assert (state.status, state.dead_reason) == ("dead", "exhausted")
+    assert "by lost consumers" in (state.error or "")
