@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from storage.audit import audit_entries, record_audit
 from storage.buckets import take_token
+from storage.claims import Claim, Taken, claim, claim_next
+from storage.completion import complete, mark_dead, schedule_retry
 from storage.credentials import add_key, find_key, list_keys, revoke_keys
 from storage.engine import dispose_engines, engine_for
 from storage.migrate import SchemaBehind, current_revision, head_revision, upgrade
@@ -29,21 +31,7 @@ from storage.registry import (
     subscriptions,
     unsubscribe,
 )
-from storage.repository import (
-    Claim,
-    Inserted,
-    NewMessage,
-    Republish,
-    Taken,
-    claim,
-    claim_next,
-    complete,
-    insert_messages,
-    mark_dead,
-    purge,
-    redrive,
-    schedule_retry,
-)
+from storage.repository import Inserted, NewMessage, Republish, insert_messages, purge, redrive
 from storage.schema import create_schema
 from storage.sql import ACTIVE_STATUSES
 from storage.stats import AgentTotals, agent_totals

@@ -1,10 +1,8 @@
-"""The functions that read and change the store.
+"""Accepting messages, and the operator's changes: redrive and purge.
 
-Every state change on the delivery path is one conditional statement, so the
-database decides races: the idempotent insert relies on the unique key, the claim is
-an ``UPDATE ... WHERE status IN (...)`` (never read-then-write), and completions are
-fenced on the attempt number so a worker whose lease was taken over cannot overwrite
-the newer attempt's outcome.
+The idempotent insert relies on the unique key, so the database decides which of
+two senders of one key made the message. Claims live in ``storage/claims.py``, the
+ends of an attempt in ``storage/completion.py``.
 """
 
 from __future__ import annotations
@@ -13,36 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, func, or_, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from storage import postgres
-from storage.sql import (
-    ACTIVE_STATUSES,
-    ATTEMPTS,
-    CLAIMABLE,
-    MESSAGES,
-    claimable,
-    dialect_insert,
-    fenced,
-)
+from storage.sql import ATTEMPTS, MESSAGES, dialect_insert
 
-__all__ = [
-    "Claim",
-    "Inserted",
-    "NewMessage",
-    "Republish",
-    "Taken",
-    "claim",
-    "claim_next",
-    "complete",
-    "insert_messages",
-    "mark_dead",
-    "purge",
-    "redrive",
-    "schedule_retry",
-]
+__all__ = ["Inserted", "NewMessage", "Republish", "insert_messages", "purge", "redrive"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +47,6 @@ class Inserted:
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
-    """A successful claim: the attempt number this worker now owns."""
-
-    attempt: int
-    redrive: int
-    recovered_from: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class Republish:
     """A row whose task must be published (again)."""
 
@@ -87,16 +54,6 @@ class Republish:
     receiver: str
     priority: int
     envelope: str
-
-
-@dataclass(frozen=True, slots=True)
-class Taken:
-    """A message taken from a mailbox: its claim and its stored envelope."""
-
-    message_id: str
-    claim: Claim
-    envelope: str
-    expires_at: float | None
 
 
 def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted]:
@@ -157,257 +114,6 @@ def _first_holder(conn: Connection, key: str) -> Inserted:
         select(MESSAGES.c.id, MESSAGES.c.status).where(MESSAGES.c.idempotency_key == key)
     ).one()
     return Inserted(first.id, True, first.status)
-
-
-def claim(
-    engine: Engine, message_id: str, *, worker: str, now: float, lease_s: float
-) -> Claim | None:
-    """Take the message for one attempt, or ``None`` if it is not claimable.
-
-    Claimable: queued, retrying, or running under an expired lease (its worker
-    died). SET expressions see the row's old values, which is how
-    ``recovered_from`` learns, in the same statement, whose lease was taken over.
-    """
-    if engine.dialect.name == "postgresql":
-        found = postgres.claim(engine, message_id, worker=worker, now=now, lease_s=lease_s)
-        return None if found is None else Claim(*found)
-    stmt = (
-        update(MESSAGES)
-        .where(
-            MESSAGES.c.id == message_id,
-            or_(
-                MESSAGES.c.status.in_(CLAIMABLE),
-                and_(MESSAGES.c.status == "running", MESSAGES.c.lease_until < now),
-            ),
-        )
-        .values(_claim_values(worker, now, lease_s))
-        .returning(MESSAGES.c.attempts, MESSAGES.c.redrives, MESSAGES.c.recovered_from)
-    )
-    with engine.begin() as conn:
-        row = conn.execute(stmt).one_or_none()
-        if row is None:
-            return None
-        if row.recovered_from is not None:
-            _record_lost(conn, message_id, row, now)
-    return Claim(row.attempts, row.redrives, row.recovered_from)
-
-
-def _claim_values(worker: str, now: float, lease_s: float) -> dict[str, Any]:
-    """The SET of a claim. SET expressions see the row's old values, which is how
-    ``recovered_from`` learns, in the same statement, whose lease was taken over."""
-    return {
-        "status": "running",
-        "attempts": MESSAGES.c.attempts + 1,
-        "lease_until": now + lease_s,
-        "claimed_by": worker,
-        "recovered_from": case(
-            (MESSAGES.c.status == "running", func.coalesce(MESSAGES.c.claimed_by, "?")),
-            else_=None,
-        ),
-        "updated_at": now,
-    }
-
-
-def _record_lost(conn: Connection, message_id: str, row: Any, now: float) -> None:
-    # The previous attempt's worker died without a word: record it as lost.
-    conn.execute(
-        ATTEMPTS.insert().values(
-            message_id=message_id,
-            number=row.attempts - 1,
-            redrive=row.redrives,
-            worker=row.recovered_from,
-            ended_at=now,
-            outcome="lost",
-            error=postgres.LOST_ERROR,
-        )
-    )
-
-
-def claim_next(
-    engine: Engine, receiver: str, *, worker: str, now: float, lease_s: float
-) -> Taken | None:
-    """Claim the most urgent, then oldest, claimable message of ``receiver``.
-
-    The candidate is chosen in a subquery and re-checked by the UPDATE itself, so
-    two receivers never take the same row; on PostgreSQL ``SKIP LOCKED`` lets
-    them take different rows at once instead of queueing behind one another.
-    """
-    candidate = (
-        select(MESSAGES.c.id)
-        .where(MESSAGES.c.receiver == receiver, claimable(now))
-        .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
-        .limit(1)
-    )
-    if engine.dialect.name == "postgresql":
-        candidate = candidate.with_for_update(skip_locked=True)
-    stmt = (
-        update(MESSAGES)
-        .where(MESSAGES.c.id == candidate.scalar_subquery(), claimable(now))
-        .values(_claim_values(worker, now, lease_s))
-        .returning(
-            MESSAGES.c.id,
-            MESSAGES.c.attempts,
-            MESSAGES.c.redrives,
-            MESSAGES.c.recovered_from,
-            MESSAGES.c.envelope,
-            MESSAGES.c.expires_at,
-        )
-    )
-    with engine.begin() as conn:
-        row = conn.execute(stmt).one_or_none()
-        if row is None:
-            return None
-        if row.recovered_from is not None:
-            _record_lost(conn, row.id, row, now)
-    claim_ = Claim(row.attempts, row.redrives, row.recovered_from)
-    return Taken(row.id, claim_, row.envelope, row.expires_at)
-
-
-def _finish(
-    engine: Engine | Connection,
-    message_id: str,
-    *,
-    claim_: Claim,
-    worker: str,
-    started_at: float,
-    now: float,
-    outcome: str,
-    values: dict[str, Any],
-    error: str | None,
-    traceback: str | None,
-) -> bool:
-    """Record the attempt and move the row on, in one transaction; False if fenced off."""
-    values = {**values, "updated_at": now, "lease_until": None}
-    attempt_row = {
-        "message_id": message_id,
-        "number": claim_.attempt,
-        "redrive": claim_.redrive,
-        "worker": worker,
-        "started_at": started_at,
-        "ended_at": now,
-        "outcome": outcome,
-        "error": error,
-        "traceback": traceback,
-    }
-    if isinstance(engine, Connection):
-        return _finish_on(engine, message_id, claim_.attempt, values, attempt_row)
-    if engine.dialect.name == "postgresql":
-        return postgres.finish(
-            engine, message_id, attempt=claim_.attempt, values=values, attempt_row=attempt_row
-        )
-    with engine.begin() as conn:
-        return _finish_on(conn, message_id, claim_.attempt, values, attempt_row)
-
-
-def _finish_on(
-    conn: Connection,
-    message_id: str,
-    attempt: int,
-    values: dict[str, Any],
-    attempt_row: dict[str, Any],
-) -> bool:
-    if conn.dialect.name == "postgresql":
-        return postgres.finish_on(
-            conn, message_id, attempt=attempt, values=values, attempt_row=attempt_row
-        )
-    changed = conn.execute(
-        update(MESSAGES).where(fenced(message_id, attempt)).values(**values)
-    ).rowcount
-    if changed:  # fenced off: the takeover already recorded this attempt as lost
-        conn.execute(ATTEMPTS.insert().values(**attempt_row))
-    return bool(changed)
-
-
-def complete(
-    engine: Engine | Connection,
-    message_id: str,
-    *,
-    claim_: Claim,
-    worker: str,
-    started_at: float,
-    now: float,
-    reply: str | None,
-) -> bool:
-    """Mark the message delivered with the handler's reply.
-
-    Given a ``Connection`` it runs inside the caller's transaction: exactly-once
-    delivery commits the handler's own writes and this completion together.
-    """
-    return _finish(
-        engine,
-        message_id,
-        claim_=claim_,
-        worker=worker,
-        started_at=started_at,
-        now=now,
-        outcome="delivered",
-        values={"status": "delivered", "reply": reply, "finished_at": now, "error": None},
-        error=None,
-        traceback=None,
-    )
-
-
-def schedule_retry(
-    engine: Engine,
-    message_id: str,
-    *,
-    claim_: Claim,
-    worker: str,
-    started_at: float,
-    now: float,
-    due_at: float,
-    error: str,
-    traceback: str | None,
-) -> bool:
-    """Record a failed attempt whose retry is due at ``due_at``."""
-    return _finish(
-        engine,
-        message_id,
-        claim_=claim_,
-        worker=worker,
-        started_at=started_at,
-        now=now,
-        outcome="retry",
-        values={"status": "retrying", "due_at": due_at, "error": error},
-        error=error,
-        traceback=traceback,
-    )
-
-
-def mark_dead(
-    engine: Engine,
-    message_id: str,
-    *,
-    reason: str,
-    error: str,
-    now: float,
-    claim_: Claim | None = None,
-    worker: str | None = None,
-    started_at: float | None = None,
-    traceback: str | None = None,
-) -> bool:
-    """Dead-letter the message. With a claim, the attempt is recorded and fenced."""
-    values = {"status": "dead", "dead_reason": reason, "error": error, "finished_at": now}
-    if claim_ is not None:
-        return _finish(
-            engine,
-            message_id,
-            claim_=claim_,
-            worker=worker or "?",
-            started_at=started_at if started_at is not None else now,
-            now=now,
-            outcome="dead",
-            values=values,
-            error=error,
-            traceback=traceback,
-        )
-    with engine.begin() as conn:
-        changed = conn.execute(
-            update(MESSAGES)
-            .where(MESSAGES.c.id == message_id, MESSAGES.c.status.in_(ACTIVE_STATUSES))
-            .values(updated_at=now, lease_until=None, **values)
-        ).rowcount
-    return bool(changed)
 
 
 def redrive(engine: Engine, message_id: str, *, now: float) -> Republish | None:

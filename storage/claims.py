@@ -1,0 +1,141 @@
+"""Claims: an attempt takes a message, by id (a worker) or the next due one (a mailbox).
+
+A claim is one ``UPDATE ... WHERE status IN (...) OR lease expired`` (never
+read-then-write), so the database decides which of two racing claims wins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, case, func, or_, select, update
+from sqlalchemy.engine import Connection
+
+from storage import postgres
+from storage.sql import ATTEMPTS, CLAIMABLE, MESSAGES, claimable
+
+__all__ = ["Claim", "Taken", "claim", "claim_next"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A successful claim: the attempt number this worker now owns."""
+
+    attempt: int
+    redrive: int
+    recovered_from: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A message taken from a mailbox: its claim and its stored envelope."""
+
+    message_id: str
+    claim: Claim
+    envelope: str
+    expires_at: float | None
+
+
+def claim(
+    engine: Engine, message_id: str, *, worker: str, now: float, lease_s: float
+) -> Claim | None:
+    """Take the message for one attempt, or ``None`` if it is not claimable.
+
+    Claimable: queued, retrying, or running under an expired lease (its worker
+    died). SET expressions see the row's old values, which is how
+    ``recovered_from`` learns, in the same statement, whose lease was taken over.
+    """
+    if engine.dialect.name == "postgresql":
+        found = postgres.claim(engine, message_id, worker=worker, now=now, lease_s=lease_s)
+        return None if found is None else Claim(*found)
+    stmt = (
+        update(MESSAGES)
+        .where(
+            MESSAGES.c.id == message_id,
+            or_(
+                MESSAGES.c.status.in_(CLAIMABLE),
+                and_(MESSAGES.c.status == "running", MESSAGES.c.lease_until < now),
+            ),
+        )
+        .values(_claim_values(worker, now, lease_s))
+        .returning(MESSAGES.c.attempts, MESSAGES.c.redrives, MESSAGES.c.recovered_from)
+    )
+    with engine.begin() as conn:
+        row = conn.execute(stmt).one_or_none()
+        if row is None:
+            return None
+        if row.recovered_from is not None:
+            _record_lost(conn, message_id, row, now)
+    return Claim(row.attempts, row.redrives, row.recovered_from)
+
+
+def _claim_values(worker: str, now: float, lease_s: float) -> dict[str, Any]:
+    """The SET of a claim. SET expressions see the row's old values, which is how
+    ``recovered_from`` learns, in the same statement, whose lease was taken over."""
+    return {
+        "status": "running",
+        "attempts": MESSAGES.c.attempts + 1,
+        "lease_until": now + lease_s,
+        "claimed_by": worker,
+        "recovered_from": case(
+            (MESSAGES.c.status == "running", func.coalesce(MESSAGES.c.claimed_by, "?")),
+            else_=None,
+        ),
+        "updated_at": now,
+    }
+
+
+def _record_lost(conn: Connection, message_id: str, row: Any, now: float) -> None:
+    # The previous attempt's worker died without a word: record it as lost.
+    conn.execute(
+        ATTEMPTS.insert().values(
+            message_id=message_id,
+            number=row.attempts - 1,
+            redrive=row.redrives,
+            worker=row.recovered_from,
+            ended_at=now,
+            outcome="lost",
+            error=postgres.LOST_ERROR,
+        )
+    )
+
+
+def claim_next(
+    engine: Engine, receiver: str, *, worker: str, now: float, lease_s: float
+) -> Taken | None:
+    """Claim the most urgent, then oldest, claimable message of ``receiver``.
+
+    The candidate is chosen in a subquery and re-checked by the UPDATE itself, so
+    two receivers never take the same row; on PostgreSQL ``SKIP LOCKED`` lets
+    them take different rows at once instead of queueing behind one another.
+    """
+    candidate = (
+        select(MESSAGES.c.id)
+        .where(MESSAGES.c.receiver == receiver, claimable(now))
+        .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
+        .limit(1)
+    )
+    if engine.dialect.name == "postgresql":
+        candidate = candidate.with_for_update(skip_locked=True)
+    stmt = (
+        update(MESSAGES)
+        .where(MESSAGES.c.id == candidate.scalar_subquery(), claimable(now))
+        .values(_claim_values(worker, now, lease_s))
+        .returning(
+            MESSAGES.c.id,
+            MESSAGES.c.attempts,
+            MESSAGES.c.redrives,
+            MESSAGES.c.recovered_from,
+            MESSAGES.c.envelope,
+            MESSAGES.c.expires_at,
+        )
+    )
+    with engine.begin() as conn:
+        row = conn.execute(stmt).one_or_none()
+        if row is None:
+            return None
+        if row.recovered_from is not None:
+            _record_lost(conn, row.id, row, now)
+    claim_ = Claim(row.attempts, row.redrives, row.recovered_from)
+    return Taken(row.id, claim_, row.envelope, row.expires_at)

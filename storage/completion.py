@@ -1,0 +1,165 @@
+"""How an attempt ends: delivered, retry scheduled, or dead; each fenced on the attempt.
+
+A worker whose lease was taken over cannot overwrite the newer attempt's outcome:
+every statement here requires the row to be ``running`` under this attempt's number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, update
+from sqlalchemy.engine import Connection
+
+from storage import postgres
+from storage.claims import Claim
+from storage.sql import ACTIVE_STATUSES, ATTEMPTS, MESSAGES, fenced
+
+__all__ = ["complete", "mark_dead", "schedule_retry"]
+
+
+def _finish(
+    engine: Engine | Connection,
+    message_id: str,
+    *,
+    claim_: Claim,
+    worker: str,
+    started_at: float,
+    now: float,
+    outcome: str,
+    values: dict[str, Any],
+    error: str | None,
+    traceback: str | None,
+) -> bool:
+    """Record the attempt and move the row on, in one transaction; False if fenced off."""
+    values = {**values, "updated_at": now, "lease_until": None}
+    attempt_row = {
+        "message_id": message_id,
+        "number": claim_.attempt,
+        "redrive": claim_.redrive,
+        "worker": worker,
+        "started_at": started_at,
+        "ended_at": now,
+        "outcome": outcome,
+        "error": error,
+        "traceback": traceback,
+    }
+    if isinstance(engine, Connection):
+        return _finish_on(engine, message_id, claim_.attempt, values, attempt_row)
+    if engine.dialect.name == "postgresql":
+        return postgres.finish(
+            engine, message_id, attempt=claim_.attempt, values=values, attempt_row=attempt_row
+        )
+    with engine.begin() as conn:
+        return _finish_on(conn, message_id, claim_.attempt, values, attempt_row)
+
+
+def _finish_on(
+    conn: Connection,
+    message_id: str,
+    attempt: int,
+    values: dict[str, Any],
+    attempt_row: dict[str, Any],
+) -> bool:
+    if conn.dialect.name == "postgresql":
+        return postgres.finish_on(
+            conn, message_id, attempt=attempt, values=values, attempt_row=attempt_row
+        )
+    changed = conn.execute(
+        update(MESSAGES).where(fenced(message_id, attempt)).values(**values)
+    ).rowcount
+    if changed:  # fenced off: the takeover already recorded this attempt as lost
+        conn.execute(ATTEMPTS.insert().values(**attempt_row))
+    return bool(changed)
+
+
+def complete(
+    engine: Engine | Connection,
+    message_id: str,
+    *,
+    claim_: Claim,
+    worker: str,
+    started_at: float,
+    now: float,
+    reply: str | None,
+) -> bool:
+    """Mark the message delivered with the handler's reply.
+
+    Given a ``Connection`` it runs inside the caller's transaction: exactly-once
+    delivery commits the handler's own writes and this completion together.
+    """
+    return _finish(
+        engine,
+        message_id,
+        claim_=claim_,
+        worker=worker,
+        started_at=started_at,
+        now=now,
+        outcome="delivered",
+        values={"status": "delivered", "reply": reply, "finished_at": now, "error": None},
+        error=None,
+        traceback=None,
+    )
+
+
+def schedule_retry(
+    engine: Engine,
+    message_id: str,
+    *,
+    claim_: Claim,
+    worker: str,
+    started_at: float,
+    now: float,
+    due_at: float,
+    error: str,
+    traceback: str | None,
+) -> bool:
+    """Record a failed attempt whose retry is due at ``due_at``."""
+    return _finish(
+        engine,
+        message_id,
+        claim_=claim_,
+        worker=worker,
+        started_at=started_at,
+        now=now,
+        outcome="retry",
+        values={"status": "retrying", "due_at": due_at, "error": error},
+        error=error,
+        traceback=traceback,
+    )
+
+
+def mark_dead(
+    engine: Engine,
+    message_id: str,
+    *,
+    reason: str,
+    error: str,
+    now: float,
+    claim_: Claim | None = None,
+    worker: str | None = None,
+    started_at: float | None = None,
+    traceback: str | None = None,
+) -> bool:
+    """Dead-letter the message. With a claim, the attempt is recorded and fenced."""
+    values = {"status": "dead", "dead_reason": reason, "error": error, "finished_at": now}
+    if claim_ is not None:
+        return _finish(
+            engine,
+            message_id,
+            claim_=claim_,
+            worker=worker or "?",
+            started_at=started_at if started_at is not None else now,
+            now=now,
+            outcome="dead",
+            values=values,
+            error=error,
+            traceback=traceback,
+        )
+    with engine.begin() as conn:
+        changed = conn.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id == message_id, MESSAGES.c.status.in_(ACTIVE_STATUSES))
+            .values(updated_at=now, lease_until=None, **values)
+        ).rowcount
+    return bool(changed)
