@@ -34,7 +34,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 import storage
-from messaging import Client, Settings
+from messaging import Client, Envelope, Settings
+from wire import publish_delivery
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("embedded", "redis", "amqp")
@@ -250,6 +251,31 @@ def start_worker(backend: Backend) -> Callable[..., Worker]:
         return worker
 
     return start
+
+
+def publish_future_envelope(app: Any, receiver: str) -> str:
+    """Store and publish, as a newer producer would, an envelope of schema 2.0; its id."""
+    wire = Envelope.build(receiver, {"x": 1}, sender="future").wire()
+    wire["schema_version"] = "2.0"
+    storage.insert_messages(
+        storage.engine_for(app.settings.database),
+        [
+            storage.NewMessage(
+                id=wire["id"],
+                idempotency_key=wire["id"],
+                correlation_id=wire["id"],
+                parent_id=None,
+                sender="future",
+                receiver=receiver,
+                priority=5,
+                envelope=json.dumps(wire),
+                created_at=time.time(),
+                expires_at=None,
+            )
+        ],
+    )
+    publish_delivery(app, message_id=wire["id"], receiver=receiver, priority=5, envelope=wire)
+    return str(wire["id"])
 
 
 def lose_queued_messages(backend: Backend) -> None:

@@ -12,10 +12,17 @@ from collections.abc import Callable
 import pytest
 from kombu import Connection
 
-import storage
-from messaging import Envelope, MessageState
-from tests.conftest import ROOT, Backend, Worker, lose_queued_messages, wait_final, wait_for
-from wire import create_app, dead_letter_queue, inbox_queue, publish_delivery
+from messaging import MessageState
+from tests.conftest import (
+    ROOT,
+    Backend,
+    Worker,
+    lose_queued_messages,
+    publish_future_envelope,
+    wait_final,
+    wait_for,
+)
+from wire import create_app, dead_letter_queue, inbox_queue
 
 pytestmark = pytest.mark.slow
 
@@ -258,28 +265,8 @@ def test_unknown_schema_major_is_dead_lettered_as_invalid(
     start_worker()
     client = backend.client()
     # A newer producer's envelope (schema 2.x), stored and published as it would be
-    wire = Envelope.build("echo", {"x": 1}, sender="future").wire()
-    wire["schema_version"] = "2.0"
-    engine = storage.engine_for(backend.settings.database)
-    storage.insert_messages(
-        engine,
-        [
-            storage.NewMessage(
-                id=wire["id"],
-                idempotency_key=wire["id"],
-                correlation_id=wire["id"],
-                parent_id=None,
-                sender="future",
-                receiver="echo",
-                priority=5,
-                envelope=json.dumps(wire),
-                created_at=time.time(),
-                expires_at=None,
-            )
-        ],
-    )
-    publish_delivery(client.app, message_id=wire["id"], receiver="echo", priority=5, envelope=wire)
-    state = wait_final(client, wire["id"])
+    message_id = publish_future_envelope(client.app, "echo")
+    state = wait_final(client, message_id)
     assert (state.status, state.dead_reason) == ("dead", "invalid")
     assert "unknown major version" in (state.error or "")
     assert backend.runs("echo") == []

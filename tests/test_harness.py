@@ -7,7 +7,6 @@ and SQLite store, with no worker subprocess. The real-worker suite (``test_deliv
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,8 @@ from sqlalchemy import text
 
 import storage
 from messaging import Context, Envelope, MessageNotFound, PermanentError, Settings, agent
-from wire import dead_letter_queue, publish_delivery
+from tests.conftest import publish_future_envelope
+from wire import dead_letter_queue
 from worker import Harness
 
 # Every handler run, as (agent, message id, attempt): the harness runs them in this process.
@@ -165,30 +165,9 @@ def test_an_expired_message_is_dead_and_never_handled(harness: Harness) -> None:
 
 
 def test_an_envelope_of_an_unknown_major_is_dead_as_invalid(harness: Harness) -> None:
-    wire = Envelope.build("h.echo", {"x": 1}, sender="future").wire()
-    wire["schema_version"] = "2.0"
-    storage.insert_messages(
-        harness.client.engine,
-        [
-            storage.NewMessage(
-                id=wire["id"],
-                idempotency_key=wire["id"],
-                correlation_id=wire["id"],
-                parent_id=None,
-                sender="future",
-                receiver="h.echo",
-                priority=5,
-                envelope=json.dumps(wire),
-                created_at=time.time(),
-                expires_at=None,
-            )
-        ],
-    )
-    publish_delivery(
-        harness.app, message_id=wire["id"], receiver="h.echo", priority=5, envelope=wire
-    )
+    message_id = publish_future_envelope(harness.app, "h.echo")
     harness.run()
-    state = harness.client.status(wire["id"])
+    state = harness.client.status(message_id)
     assert (state.status, state.dead_reason) == ("dead", "invalid")
     assert "unknown major version" in (state.error or "")
     assert runs("h.echo") == []
