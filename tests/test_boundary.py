@@ -35,7 +35,8 @@ from tests.conftest import free_port
 from wire import broker_errors, inbox_name, store_errors
 
 DATABASE = "postgresql+psycopg://agentpost:s3cret@db.example:5432/agentpost"
-BROKER = "amqp://agentpost:s3cret@mq.example:5672//"
+AMQP = "amqp://agentpost:s3cret@mq.example:5672//"
+REDIS = "redis://agentpost:s3cret@mq.example:6379/0"
 
 STORE_ERRORS: list[BaseException] = [
     OperationalError("SELECT 1", {}, Exception("connection refused")),
@@ -44,15 +45,16 @@ STORE_ERRORS: list[BaseException] = [
     ProgrammingError("SELECT 1", {}, Exception("relation does not exist")),
     PoolTimeout("QueuePool limit of size 5 overflow 10 reached"),
 ]
-BROKER_ERRORS: list[BaseException] = [
-    kombu.exceptions.OperationalError("Error 111 connecting to mq.example. Refused."),
-    kombu.exceptions.ConnectionLimitExceeded("too many connections"),
-    redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379."),
-    redis.exceptions.TimeoutError("Timeout reading from socket"),
-    amqp.exceptions.ConnectionForced("(0, 0): (320) CONNECTION_FORCED"),
-    amqp.exceptions.AccessRefused("(0, 0): (403) ACCESS_REFUSED"),
-    ConnectionRefusedError(111, "Connection refused"),
-    TimeoutError("timed out"),  # socket.timeout
+BROKER_ERRORS: list[tuple[str, BaseException]] = [
+    (AMQP, kombu.exceptions.OperationalError("Error 111 connecting to mq.example. Refused.")),
+    (AMQP, kombu.exceptions.ConnectionLimitExceeded("too many connections")),
+    (AMQP, amqp.exceptions.ConnectionForced("(0, 0): (320) CONNECTION_FORCED")),
+    (AMQP, amqp.exceptions.AccessRefused("(0, 0): (403) ACCESS_REFUSED")),
+    (AMQP, ConnectionRefusedError(111, "Connection refused")),
+    (REDIS, redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")),
+    (REDIS, redis.exceptions.TimeoutError("Timeout reading from socket")),
+    (REDIS, redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory")),
+    (REDIS, TimeoutError("timed out")),  # socket.timeout
 ]
 
 
@@ -78,9 +80,11 @@ def test_a_constraint_passes_through_for_the_caller_to_interpret() -> None:
         raise conflict
 
 
-@pytest.mark.parametrize("error", BROKER_ERRORS, ids=lambda e: type(e).__name__)
-def test_broker_errors_become_broker_unavailable(error: BaseException) -> None:
-    with pytest.raises(BrokerUnavailable) as info, broker_errors(BROKER):
+@pytest.mark.parametrize(
+    ("url", "error"), BROKER_ERRORS, ids=lambda v: v[:4] if isinstance(v, str) else type(v).__name__
+)
+def test_broker_errors_become_broker_unavailable(url: str, error: BaseException) -> None:
+    with pytest.raises(BrokerUnavailable) as info, broker_errors(url):
         raise error
     assert info.value.__cause__ is error
     assert type(error).__name__ in str(info.value)
@@ -88,7 +92,7 @@ def test_broker_errors_become_broker_unavailable(error: BaseException) -> None:
 
 
 def test_other_errors_are_not_taken_for_an_outage() -> None:
-    with pytest.raises(KeyError), broker_errors(BROKER), store_errors(DATABASE):
+    with pytest.raises(KeyError), broker_errors(REDIS), store_errors(DATABASE):
         raise KeyError("a bug is a bug")
 
 

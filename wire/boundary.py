@@ -1,42 +1,51 @@
 """The one boundary for errors: store and broker failures become agentpost's own.
 
 Code that talks to the database or the broker on a caller's behalf (the client, the
-mailbox, the gateway, the CLI, the worker's store calls) runs inside ``store_errors``
-or ``broker_errors``, so what a caller catches is ``StoreUnavailable``,
-``SchemaOutdated`` or ``BrokerUnavailable`` (the original is kept as ``__cause__``);
-nobody has to import ``sqlalchemy.exc``, ``kombu.exceptions`` or ``redis``.
+mailbox, the gateway, the CLI) runs inside ``store_errors`` or ``broker_errors``, so
+what a caller catches is ``StoreUnavailable``, ``SchemaOutdated`` or
+``BrokerUnavailable`` (the original kept as ``__cause__``); nobody has to import
+``sqlalchemy.exc``, ``kombu.exceptions`` or ``redis``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 
-import amqp.exceptions
+import kombu
 import kombu.exceptions
-import redis.exceptions
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 import storage
+from wire.brokers import profile_for
 from wire.errors import BrokerUnavailable, SchemaOutdated, StoreUnavailable
 from wire.settings import redact
 
-__all__ = ["BROKER_ERRORS", "broker_errors", "safe_database_url", "store_errors"]
+__all__ = ["broker_error_kinds", "broker_errors", "safe_database_url", "store_errors"]
 
-# What a broker client raises when the broker cannot be reached or gives up on us:
-# kombu's own (Celery re-raises transport errors as these), and the transports' raw
-# ones where kombu lets them through; OSError covers sockets and the embedded broker's
-# folders.
-BROKER_ERRORS: tuple[type[BaseException], ...] = (
-    kombu.exceptions.OperationalError,
-    kombu.exceptions.LimitExceeded,
-    amqp.exceptions.ConnectionError,
-    amqp.exceptions.ChannelError,
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    OSError,
-)
+
+@cache
+def broker_error_kinds(broker_url: str) -> tuple[type[BaseException], ...]:
+    """What a client of this broker raises when the broker cannot be reached or refuses.
+
+    kombu's own kinds (Celery re-raises transport errors as these), and the kinds the
+    URL's transport declares (kombu's ``connection_errors`` and ``channel_errors``:
+    redis-py's for Redis, py-amqp's for RabbitMQ, OSError for sockets and the
+    embedded broker's folders). Asked of kombu, so no transport is imported before its
+    broker is used.
+    """
+    connection = kombu.Connection(broker_url, transport=profile_for(broker_url).transport_class)
+    declared = (*connection.connection_errors, *connection.channel_errors)
+    # Builtins aside (OSError is kept above): the Redis transport counts KeyError among
+    # its errors, and a KeyError in our code is a bug, not an outage.
+    return (
+        kombu.exceptions.OperationalError,
+        kombu.exceptions.LimitExceeded,
+        OSError,
+        *(kind for kind in declared if kind.__module__ != "builtins"),
+    )
 
 
 def safe_database_url(url: str) -> str:
@@ -79,7 +88,9 @@ def broker_errors(broker_url: str) -> Iterator[None]:
     """
     try:
         yield
-    except BROKER_ERRORS as exc:
+    except Exception as exc:
+        if not isinstance(exc, broker_error_kinds(broker_url)):
+            raise
         detail = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise BrokerUnavailable(
             f"the broker at {redact(broker_url)} did not answer: {type(exc).__name__}"
