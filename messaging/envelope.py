@@ -257,7 +257,10 @@ def parse_envelope(data: Any) -> Envelope:
     optional fields (an unknown major is refused by ``schema_version``).
     """
     if isinstance(data, dict):
-        data = {key: value for key, value in data.items() if key in Envelope.model_fields}
+        known = {key: value for key, value in data.items() if key in Envelope.model_fields}
+        # Through __init__ (which raises InvalidEnvelope): with a custom __init__,
+        # pydantic's model_validate runs it and then the model validators once more.
+        return Envelope(**known)
     try:
         return Envelope.model_validate(data)
     except ValidationError as exc:

@@ -7,6 +7,7 @@ and SQLite store, with no worker subprocess. The real-worker suite (``test_deliv
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,6 +107,29 @@ def test_a_message_is_delivered_with_its_reply(harness: Harness) -> None:
     state = harness.client.status(sent.message_id)
     assert (state.status, state.reply, state.attempts) == ("delivered", {"x": [1, 2]}, 1)
     assert runs("h.echo") == [(sent.message_id, 1)]
+
+
+def test_a_send_encodes_its_payload_once(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every JSON encoding in this process whose output holds the payload is counted
+    # (the marker sits past what Flower's summary shows of a payload).
+    marker = "payload-marker-7f3a"
+    payload = {"pad": "x" * 100, "marker": marker}
+    encodings: list[str] = []
+    encode = json.JSONEncoder.encode
+
+    def counted(self: json.JSONEncoder, value: Any) -> str:
+        text = encode(self, value)
+        if marker in text:
+            encodings.append(text)
+        return text
+
+    monkeypatch.setattr(json.JSONEncoder, "encode", counted)
+    sent = harness.client.send("h.echo", payload, sender="t")
+    assert len(encodings) == 1, encodings
+    monkeypatch.undo()
+    # and what was stored and published is that payload, whole
+    harness.run()
+    assert harness.client.status(sent.message_id).reply == payload
 
 
 def test_an_async_handler_is_awaited(harness: Harness) -> None:
