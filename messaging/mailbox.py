@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import traceback
+from contextlib import AbstractContextManager
 from typing import Any
 
 import storage
@@ -95,7 +96,7 @@ class Mailbox:
         self.name = name
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:mailbox"
 
-    def store(self) -> Any:
+    def store(self) -> AbstractContextManager[None]:
         """The store boundary of this mailbox's calls."""
         return store_errors(self._core.settings.database)
 

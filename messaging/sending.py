@@ -259,7 +259,9 @@ class Sender:
                 )
         except Exception as exc:
             # Accepted already: the sweeper republishes once the broker is back.
-            reason = str(exc) if isinstance(exc, BrokerUnavailable) else f"{type(exc).__name__}"
+            reason = (
+                str(exc) if isinstance(exc, BrokerUnavailable) else f"{type(exc).__name__}: {exc}"
+            )
             log.warning(
                 "message %s stored but not published (%s); the sweeper will republish it",
                 message_id,
