@@ -157,3 +157,18 @@ def ledger(msg: Envelope, ctx: Context) -> int:
     if _payload(msg).get("crash_on") == ctx.attempt:
         os.kill(os.getpid(), signal.SIGKILL)  # between the handler's write and completion
     return ctx.attempt
+
+
+@agent("rendezvous", max_retries=0)
+async def rendezvous(msg: Envelope, ctx: Context) -> dict[str, int]:
+    """Waits until ``parties`` deliveries of it are running at once: only concurrency ends it."""
+    loop = id(asyncio.get_running_loop())
+    _record(msg, ctx, f"run:{loop}")
+    parties = int(_payload(msg).get("parties", 2))
+    deadline = time.monotonic() + 20
+    log = _spool() / "rendezvous.log"
+    while sum(1 for _ in log.open()) < parties:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {sum(1 for _ in log.open())} of {parties} ran at once")
+        await asyncio.sleep(0.02)
+    return {"met": parties}

@@ -9,7 +9,6 @@ the lifecycle's (``messaging/lifecycle.py``), shared with the mailbox.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import json
@@ -41,6 +40,7 @@ from wire.brokers import profile_for
 from wire.encoding import dump_json
 from wire.errors import InvalidEnvelope
 from worker import logs
+from worker.eventloop import run_coroutine
 
 __all__ = ["DeliveryOutcome", "deliver_envelope", "run_delivery", "worker_identity"]
 
@@ -227,8 +227,10 @@ def _best_effort(core: Sender, spec: AgentSpec, envelope: Envelope, worker: str)
 def _run(spec: AgentSpec, envelope: Envelope, ctx: Context) -> Any:
     with delivery_span(envelope, attempt=envelope.attempt):
         result = spec.handler(envelope, ctx)
+        if inspect.iscoroutine(result):
+            return run_coroutine(result)
         if inspect.isawaitable(result):
-            return asyncio.run(_await(result))
+            return run_coroutine(_await(result))
         return result
 
 

@@ -1,0 +1,63 @@
+"""One event loop per worker process, shared by every async handler.
+
+``asyncio.run`` per delivery made a new loop for each message: nothing was shared
+(no connection pool of an async client lives past one message) and nothing ran
+concurrently. Here the loop runs in a thread of its own; a delivery hands it the
+handler's coroutine and waits for the result. With the threads pool each of its
+threads waits on one coroutine, so ``-P threads -c 200`` keeps 200 handlers in
+flight on one loop; with prefork each child has its own loop.
+
+The coroutine runs in a copy of the caller's context, so the delivery's log fields
+and its tracing span are the handler's too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import os
+import threading
+from collections.abc import Coroutine
+from typing import Any
+
+__all__ = ["run_coroutine"]
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_pid: int | None = None
+
+
+def _shared_loop() -> asyncio.AbstractEventLoop:
+    global _loop, _loop_pid
+    with _lock:
+        # A forked pool child inherits the variable but not the thread: start its own.
+        if _loop is None or _loop_pid != os.getpid():
+            loop = asyncio.new_event_loop()
+            threading.Thread(
+                target=loop.run_forever, name="agentpost-event-loop", daemon=True
+            ).start()
+            _loop, _loop_pid = loop, os.getpid()
+        return _loop
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coroutine`` on this process's shared loop; its result, or its exception."""
+    loop = _shared_loop()
+    context = contextvars.copy_context()
+    done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def finished(task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            done.cancel()
+        elif (error := task.exception()) is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(task.result())
+
+    def start() -> None:
+        task = loop.create_task(coroutine, context=context)
+        task.add_done_callback(finished)
+
+    loop.call_soon_threadsafe(start)
+    return done.result()
