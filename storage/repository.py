@@ -59,32 +59,42 @@ class Republish:
 def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted]:
     """Insert messages in one transaction; an existing idempotency key wins.
 
-    The unique constraint decides: ``ON CONFLICT DO NOTHING RETURNING id`` tells
-    whether this call created the row (``rowcount`` is unreliable for it on
-    psycopg 3), and only a duplicate pays for the lookup of the first message.
+    The unique constraint decides: ``ON CONFLICT DO NOTHING RETURNING`` tells which
+    rows this call created (``rowcount`` is unreliable for it on psycopg 3), and only
+    the repeated keys pay for a lookup of their first message. A batch is one
+    executemany, which SQLAlchemy sends as multi-row INSERTs ("insertmanyvalues"),
+    not a statement per message.
     """
     if len(rows) == 1 and engine.dialect.name == "postgresql":
         # The common single send: one autocommit statement, a lookup only if repeated.
         row = rows[0]
-        new_id = postgres.insert_one(engine, _insert_statement(postgresql.insert, row))
+        statement = _insert_statement(postgresql.insert).values(_values(row))
+        new_id = postgres.insert_one(engine, statement)
         if new_id is not None:
             return [Inserted(new_id, False, "queued")]
         with engine.connect() as conn:
             return [_first_holder(conn, row.idempotency_key)]
-    results: list[Inserted] = []
     with engine.begin() as conn:
-        insert = dialect_insert(conn)
-        for row in rows:
-            new_id = conn.execute(_insert_statement(insert, row)).scalar()
-            if new_id is not None:
-                results.append(Inserted(new_id, False, "queued"))
-            else:
-                results.append(_first_holder(conn, row.idempotency_key))
+        statement = _insert_statement(dialect_insert(conn)).returning(MESSAGES.c.idempotency_key)
+        # A row comes back for each message stored; a key already taken returns none.
+        returned = conn.execute(statement, [_values(row) for row in rows])
+        created = {key: new_id for new_id, key in returned}
+        repeated = {row.idempotency_key for row in rows if row.idempotency_key not in created}
+        holders = _first_holders(conn, repeated) if repeated else {}
+    results: list[Inserted] = []
+    for row in rows:
+        new_id = created.get(row.idempotency_key)
+        if new_id == row.id:
+            results.append(Inserted(new_id, False, "queued"))
+        elif new_id is not None:  # the key came twice in this batch: the first one holds it
+            results.append(Inserted(new_id, True, "queued"))
+        else:
+            results.append(holders[row.idempotency_key])
     return results
 
 
-def _insert_statement(insert: Any, row: NewMessage) -> Any:
-    values = {
+def _values(row: NewMessage) -> dict[str, Any]:
+    return {
         "id": row.id,
         "idempotency_key": row.idempotency_key,
         "correlation_id": row.correlation_id,
@@ -101,19 +111,27 @@ def _insert_statement(insert: Any, row: NewMessage) -> Any:
         "due_at": row.created_at,
         "expires_at": row.expires_at,
     }
+
+
+def _insert_statement(insert: Any) -> Any:
     return (
         insert(MESSAGES)
-        .values(values)
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
         .returning(MESSAGES.c.id)
     )
 
 
 def _first_holder(conn: Connection, key: str) -> Inserted:
-    first = conn.execute(
-        select(MESSAGES.c.id, MESSAGES.c.status).where(MESSAGES.c.idempotency_key == key)
-    ).one()
-    return Inserted(first.id, True, first.status)
+    return _first_holders(conn, {key})[key]
+
+
+def _first_holders(conn: Connection, keys: set[str]) -> dict[str, Inserted]:
+    found = conn.execute(
+        select(MESSAGES.c.idempotency_key, MESSAGES.c.id, MESSAGES.c.status).where(
+            MESSAGES.c.idempotency_key.in_(sorted(keys))
+        )
+    )
+    return {key: Inserted(message_id, True, status) for key, message_id, status in found}
 
 
 def redrive(engine: Engine, message_id: str, *, now: float) -> Republish | None:

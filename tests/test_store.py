@@ -84,6 +84,26 @@ def test_a_repeated_idempotency_key_returns_the_first_message(engine: Engine) ->
     assert again == [storage.Inserted(first, True, "queued")]
 
 
+def test_a_batch_is_stored_whole_with_its_repeated_keys_resolved(engine: Engine) -> None:
+    # Given a key stored already, and a batch over several INSERT statements that
+    # repeats that key and, twice within itself, another one
+    stored = _new(engine, key="old")
+    fresh = [_row() for _ in range(2500)]
+    twice = _row("twice")
+    batch = [*fresh[:1200], twice, _row("old"), *fresh[1200:], _row("twice")]
+    # When it is inserted
+    results = storage.insert_messages(engine, batch)
+    # Then every row answers in order: new, or the id that holds its key
+    assert [r.message_id for r in results[:1200]] == [r.id for r in fresh[:1200]]
+    assert results[1200] == storage.Inserted(twice.id, False, "queued")
+    assert results[1201] == storage.Inserted(stored, True, "queued")
+    assert [r.message_id for r in results[1202:-1]] == [r.id for r in fresh[1200:]]
+    assert results[-1] == storage.Inserted(twice.id, True, "queued")
+    assert not any(r.duplicate for r in results[:1200] + results[1202:-1])
+    assert len(storage.status_counts(engine)["b"]) == 1
+    assert storage.status_counts(engine)["b"]["queued"] == 1 + 2500 + 1
+
+
 def test_sweeper_queries_find_expired_leases_and_overdue_rows(engine: Engine) -> None:
     running, waiting = _new(engine), _new(engine)
     now = time.time()
