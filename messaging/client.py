@@ -20,6 +20,7 @@ from messaging.topics import fan_out, match_subscribers, validate_pattern, valid
 from wire.boundary import broker_errors
 from wire.errors import MessageNotFound, RequestFailed, RequestTimeout, UnknownAgent
 from wire.inbox import consumers_by_queue, consumers_of, inbox_depths
+from wire.publish import DeliveryTask
 
 __all__ = ["Client"]
 
@@ -115,7 +116,7 @@ class Client(Sender):
             row = storage.redrive(self.engine, message_id, now=time.time())
         if row is None:
             raise MessageNotFound(f"no dead message {message_id!r} to redrive")
-        self._publish(row.message_id, row.receiver, row.priority, row.envelope)
+        self._publish([DeliveryTask(row.message_id, row.receiver, row.priority, row.envelope)])
         return SendResult(message_id=message_id, duplicate=False, status="queued")
 
     def agents(self) -> list[AgentInfo]:

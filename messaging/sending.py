@@ -25,7 +25,7 @@ from messaging.tracing import current_context
 from wire.app import AgentpostCelery, create_app
 from wire.boundary import broker_errors, store_errors
 from wire.errors import BrokerUnavailable, InvalidEnvelope, UnknownAgent
-from wire.publish import publish_delivery, summary_of
+from wire.publish import DeliveryTask, publish_deliveries, publish_delivery, summary_of
 from wire.settings import Settings
 
 __all__ = ["Sender"]
@@ -180,19 +180,18 @@ class Sender:
                     "a message with one of these ids exists already under another "
                     "idempotency key: build a new Envelope for each message"
                 ) from exc
-        results = []
-        for (env, wire), outcome in zip(checked, inserted, strict=True):
-            # Mailbox agents pull from the store: nothing to publish for them.
-            if not outcome.duplicate and self._known.get(env.receiver) != "mailbox":
-                self._publish(str(env.id), env.receiver, env.priority, wire, _summary(env))
-            results.append(
-                SendResult(
-                    message_id=outcome.message_id,
-                    duplicate=outcome.duplicate,
-                    status=outcome.status,
-                )
-            )
-        return results
+        # Mailbox agents pull from the store: nothing to publish for them.
+        tasks = [
+            DeliveryTask(str(env.id), env.receiver, env.priority, wire, _summary(env))
+            for (env, wire), outcome in zip(checked, inserted, strict=True)
+            if not outcome.duplicate and self._known.get(env.receiver) != "mailbox"
+        ]
+        if tasks:
+            self._publish(tasks)
+        return [
+            SendResult(message_id=r.message_id, duplicate=r.duplicate, status=r.status)
+            for r in inserted
+        ]
 
     def _send_best_effort(self, env: Envelope, wire: str) -> SendResult:
         """Published without a row: if the broker does not take it, the caller must know.
@@ -238,34 +237,31 @@ class Sender:
         self._known = {a.name: a.kind for a in rows}
         return rows
 
-    def _publish(
-        self,
-        message_id: str,
-        receiver: str,
-        priority: int,
-        wire: str,
-        argsrepr: str | None = None,
-    ) -> None:
-        """Publish the task of a stored message; a failure is logged, never raised."""
+    def _publish(self, tasks: Sequence[DeliveryTask]) -> None:
+        """Publish the tasks of stored messages; a failure is logged, never raised."""
         try:
             with broker_errors(self.settings.broker):
-                publish_delivery(
-                    self.app,
-                    message_id=message_id,
-                    receiver=receiver,
-                    priority=priority,
-                    envelope=wire,
-                    argsrepr=argsrepr,
-                )
+                if len(tasks) == 1:
+                    [task] = tasks
+                    publish_delivery(
+                        self.app,
+                        message_id=task.message_id,
+                        receiver=task.receiver,
+                        priority=task.priority,
+                        envelope=task.envelope,
+                        argsrepr=task.argsrepr,
+                    )
+                else:
+                    publish_deliveries(self.app, tasks)
         except Exception as exc:
             # Accepted already: the sweeper republishes once the broker is back.
-            reason = (
-                str(exc) if isinstance(exc, BrokerUnavailable) else f"{type(exc).__name__}: {exc}"
-            )
+            reason = exc if isinstance(exc, BrokerUnavailable) else f"{type(exc).__name__}: {exc}"
+            shown = ", ".join(t.message_id for t in tasks[:3]) + (" …" if len(tasks) > 3 else "")
             log.warning(
-                "message %s stored but not published (%s); the sweeper will republish it",
-                message_id,
+                "%d message(s) stored but not published (%s); the sweeper will republish: %s",
+                len(tasks),
                 reason,
+                shown,
             )
 
     def close(self) -> None:

@@ -62,9 +62,11 @@ def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted
     The unique constraint decides: ``ON CONFLICT DO NOTHING RETURNING`` tells which
     rows this call created (``rowcount`` is unreliable for it on psycopg 3), and only
     the repeated keys pay for a lookup of their first message. A batch is one
-    executemany, which SQLAlchemy sends as multi-row INSERTs ("insertmanyvalues"),
-    not a statement per message.
+    statement on PostgreSQL (``unnest`` of arrays), one executemany elsewhere (which
+    SQLAlchemy sends as multi-row INSERTs), never a statement per message.
     """
+    if not rows:
+        return []
     if len(rows) == 1 and engine.dialect.name == "postgresql":
         # The common single send: one autocommit statement, a lookup only if repeated.
         row = rows[0]
@@ -75,9 +77,13 @@ def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted
         with engine.connect() as conn:
             return [_first_holder(conn, row.idempotency_key)]
     with engine.begin() as conn:
-        statement = _insert_statement(dialect_insert(conn)).returning(MESSAGES.c.idempotency_key)
         # A row comes back for each message stored; a key already taken returns none.
-        returned = conn.execute(statement, [_values(row) for row in rows])
+        if conn.dialect.name == "postgresql":
+            returned = postgres.insert_many(conn, rows)
+        else:
+            statement = _insert_statement(dialect_insert(conn))
+            statement = statement.returning(MESSAGES.c.idempotency_key)
+            returned = [(i, k) for i, k in conn.execute(statement, [_values(r) for r in rows])]
         created = {key: new_id for new_id, key in returned}
         repeated = {row.idempotency_key for row in rows if row.idempotency_key not in created}
         holders = _first_holders(conn, repeated) if repeated else {}

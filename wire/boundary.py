@@ -43,6 +43,7 @@ def broker_error_kinds(broker_url: str) -> tuple[type[BaseException], ...]:
     return (
         kombu.exceptions.OperationalError,
         kombu.exceptions.LimitExceeded,
+        kombu.exceptions.BatchPublishError,  # type: ignore[attr-defined]  # (stubs predate 5.7)
         OSError,
         *(kind for kind in declared if kind.__module__ != "builtins"),
     )

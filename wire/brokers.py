@@ -49,14 +49,14 @@ class TransportProfile:
             }
         return {"confirm_publish": True}
 
-    def queue_arguments(self, settings: Settings) -> dict[str, Any] | None:
+    def queue_arguments(self, namespace: str) -> dict[str, Any] | None:
         """Declaration arguments of an inbox queue (fixed at first declaration on AMQP)."""
         if self.name != "amqp":
             return None
         return {
             "x-max-priority": 9,
-            "x-dead-letter-exchange": f"{settings.namespace}agentpost.dlx",
-            "x-dead-letter-routing-key": f"{settings.namespace}agentpost.dead_letter",
+            "x-dead-letter-exchange": f"{namespace}agentpost.dlx",
+            "x-dead-letter-routing-key": f"{namespace}agentpost.dead_letter",
         }
 
     def message_priority(self, priority: int) -> int | None:

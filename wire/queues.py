@@ -8,6 +8,7 @@ PRECONDITION_FAILED, so Celery's "create missing queue" path is routed through
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from celery.app.amqp import AMQP, Queues
@@ -36,8 +37,8 @@ def inbox_name(agent: str, settings: Settings) -> str:
     return f"{settings.namespace}agent.{agent}"
 
 
-def _exchange(settings: Settings) -> Exchange:
-    return Exchange(f"{settings.namespace}agentpost", type="direct", durable=True)
+def _exchange(namespace: str) -> Exchange:
+    return Exchange(f"{namespace}agentpost", type="direct", durable=True)
 
 
 def inbox_queue(agent_or_queue: str, settings: Settings) -> Queue:
@@ -48,19 +49,25 @@ def inbox_queue(agent_or_queue: str, settings: Settings) -> Queue:
         if agent_or_queue.startswith(prefix)
         else inbox_name(agent_or_queue, settings)
     )
+    return _inbox_queue(name, settings.namespace, settings.broker)
+
+
+@functools.lru_cache(maxsize=4096)
+def _inbox_queue(name: str, namespace: str, broker: str) -> Queue:
+    # Made once per inbox, not once per publish: kombu binds a copy to each channel.
     return Queue(
         name,
-        _exchange(settings),
+        _exchange(namespace),
         routing_key=name,
         durable=True,
-        queue_arguments=profile_for(settings.broker).queue_arguments(settings),
+        queue_arguments=profile_for(broker).queue_arguments(namespace),
     )
 
 
 def sweeper_queue(settings: Settings) -> Queue:
     """The queue the sweeper task runs from (every ``agentpost worker`` consumes it)."""
     name = f"{settings.namespace}agentpost.sweeper"
-    return Queue(name, _exchange(settings), routing_key=name, durable=True)
+    return Queue(name, _exchange(settings.namespace), routing_key=name, durable=True)
 
 
 def dead_letter_exchange(settings: Settings) -> Exchange:
