@@ -9,8 +9,10 @@ name and learns the agent names from the store.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Self, overload
@@ -31,6 +33,50 @@ from wire.settings import Settings
 __all__ = ["Sender"]
 
 log = logging.getLogger("agentpost.client")
+
+
+class _HandedMarks:
+    """Records, from a background thread in batches, which rows were handed to the broker.
+
+    Off the send path: a mark that never lands (the process died first) costs one
+    spare publish by the sweeper after ``publish_grace_s``, never a lost message.
+    """
+
+    def __init__(self, engine: Callable[[], Engine]) -> None:
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._pending: list[str] = []
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def add(self, message_ids: Sequence[str]) -> None:
+        with self._lock:
+            self._pending.extend(message_ids)
+            if self._thread is None or self._pid != os.getpid():  # first use, or forked
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="agentpost-handed", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def flush(self) -> None:
+        with self._lock:
+            ids, self._pending = self._pending, []
+        if not ids:
+            return
+        try:
+            storage.mark_handed(self._engine(), ids, now=time.time())
+        except Exception as exc:
+            log.warning("could not record %d handed message(s): %s", len(ids), exc)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(0.05)  # let a burst of sends share one UPDATE
+            self._wake.clear()
+            self.flush()
 
 
 class Sender:
@@ -63,6 +109,7 @@ class Sender:
         self.settings = base
         self._app = app
         self._known: dict[str, str] = {}  # agent name -> kind
+        self._handed = _HandedMarks(lambda: self.engine)
         with self._store():
             storage.create_schema(self.engine)
 
@@ -253,6 +300,7 @@ class Sender:
                     )
                 else:
                     publish_deliveries(self.app, tasks)
+            self._handed.add([t.message_id for t in tasks])
         except Exception as exc:
             # Accepted already: the sweeper republishes once the broker is back.
             reason = exc if isinstance(exc, BrokerUnavailable) else f"{type(exc).__name__}: {exc}"
@@ -265,7 +313,8 @@ class Sender:
             )
 
     def close(self) -> None:
-        """Release the broker connections of this client."""
+        """Record what was handed to the broker; release the broker connections."""
+        self._handed.flush()
         if self._app is not None:
             self._app.close()
 

@@ -11,6 +11,7 @@ from storage.claims import Claim, Taken, claim, claim_next
 from storage.completion import complete, mark_dead, schedule_retry
 from storage.credentials import add_key, find_key, list_keys, revoke_keys
 from storage.engine import dispose_engines, engine_for
+from storage.epochs import broker_epoch, swap_broker_epoch
 from storage.migrate import SchemaBehind, current_revision, head_revision, upgrade
 from storage.queries import (
     ReplyState,
@@ -35,8 +36,26 @@ from storage.repository import Inserted, NewMessage, Republish, insert_messages,
 from storage.schema import create_schema
 from storage.sql import ACTIVE_STATUSES
 from storage.stats import AgentTotals, agent_totals
-from storage.sweeps import overdue, recover_expired
-from storage.tables import Agent, ApiKey, Attempt, AuditEntry, Message, RateBucket, Subscription
+from storage.sweeps import (
+    due_counts,
+    due_rows,
+    mark_handed,
+    overdue,
+    recover_expired,
+    republish_active,
+    unhand,
+    unpublished,
+)
+from storage.tables import (
+    Agent,
+    ApiKey,
+    Attempt,
+    AuditEntry,
+    BrokerEpoch,
+    Message,
+    RateBucket,
+    Subscription,
+)
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -45,6 +64,7 @@ __all__ = [
     "ApiKey",
     "Attempt",
     "AuditEntry",
+    "BrokerEpoch",
     "Claim",
     "Inserted",
     "Message",
@@ -59,6 +79,7 @@ __all__ = [
     "agent_totals",
     "attempts_of",
     "audit_entries",
+    "broker_epoch",
     "claim",
     "claim_next",
     "complete",
@@ -66,6 +87,8 @@ __all__ = [
     "current_revision",
     "dead_letters",
     "dispose_engines",
+    "due_counts",
+    "due_rows",
     "engine_for",
     "find_agent",
     "find_key",
@@ -75,6 +98,7 @@ __all__ = [
     "list_agents",
     "list_keys",
     "mark_dead",
+    "mark_handed",
     "overdue",
     "peek",
     "purge",
@@ -84,13 +108,17 @@ __all__ = [
     "register_agents",
     "register_mailbox",
     "reply_state",
+    "republish_active",
     "revoke_keys",
     "schedule_retry",
     "status_counts",
     "subscribe",
     "subscriptions",
+    "swap_broker_epoch",
     "take_token",
     "trace",
+    "unhand",
+    "unpublished",
     "unsubscribe",
     "upgrade",
 ]

@@ -123,7 +123,14 @@ def schedule_retry(
         started_at=started_at,
         now=now,
         outcome="retry",
-        values={"status": "retrying", "due_at": due_at, "error": error},
+        # The retry's task is published by the worker right after this commit.
+        values={
+            "status": "retrying",
+            "due_at": due_at,
+            "error": error,
+            "handed_at": now,
+            "spare_at": None,
+        },
         error=error,
         traceback=traceback,
     )

@@ -54,6 +54,7 @@ class Republish:
     receiver: str
     priority: int
     envelope: str
+    due_at: float | None = None  # a retry waiting for its countdown; None: due now
 
 
 def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted]:
@@ -155,6 +156,8 @@ def redrive(engine: Engine, message_id: str, *, now: float) -> Republish | None:
                 finished_at=None,
                 due_at=now,
                 updated_at=now,
+                handed_at=None,  # the redriving client hands it anew
+                spare_at=None,
             )
             .returning(MESSAGES.c.receiver, MESSAGES.c.priority, MESSAGES.c.envelope)
         ).one_or_none()

@@ -13,6 +13,7 @@ from storage.tables import (
     ApiKey,
     Attempt,
     AuditEntry,
+    BrokerEpoch,
     Message,
     RateBucket,
     Subscription,
@@ -25,6 +26,7 @@ __all__ = [
     "API_KEYS",
     "ATTEMPTS",
     "AUDIT",
+    "BROKER_EPOCHS",
     "CLAIMABLE",
     "MESSAGES",
     "RATE_BUCKETS",
@@ -40,6 +42,7 @@ AGENTS = table_of(Agent)
 SUBSCRIPTIONS = table_of(Subscription)
 API_KEYS = table_of(ApiKey)
 AUDIT = table_of(AuditEntry)
+BROKER_EPOCHS = table_of(BrokerEpoch)
 RATE_BUCKETS = table_of(RateBucket)
 
 ACTIVE_STATUSES = ("queued", "running", "retrying")

@@ -1,10 +1,20 @@
-"""The sweeper's queries: expired leases and overdue tasks of handler agents."""
+"""The sweeper's queries and the outbox: which rows' tasks the broker may not hold.
+
+Each row knows when its current task was handed to the broker (``handed_at``) and
+whether the sweeper sent its one spare copy for that handing (``spare_at``). The
+sweeper publishes (1) rows nobody handed yet (their publisher died, or the broker
+refused it), (2) one spare copy of a row overdue long enough that its task may be
+lost, never a second, (3) every active row when the broker lost its contents (a
+broker-epoch change, ``storage/epochs.py``), and (4) rows whose worker died (lease
+expired). A handing resets the spare; so no row has more than two tasks in the broker.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, or_, select, update
 
 from storage import postgres
 from storage.repository import Republish
@@ -17,23 +27,57 @@ from storage.sql import (
 )
 
 __all__ = [
+    "due_counts",
+    "due_rows",
+    "mark_handed",
     "overdue",
     "recover_expired",
+    "republish_active",
+    "unhand",
+    "unpublished",
 ]
 
+_REPUBLISH = (
+    MESSAGES.c.id,
+    MESSAGES.c.receiver,
+    MESSAGES.c.priority,
+    MESSAGES.c.envelope,
+    MESSAGES.c.due_at,
+)
 
-def recover_expired(engine: Engine, *, now: float, grace_s: float) -> list[Republish]:
-    """Turn running rows whose lease expired into retries, recording the lost attempt."""
+
+def mark_handed(engine: Engine, message_ids: Iterable[str], *, now: float) -> None:
+    """Record that the tasks of these rows were handed to the broker."""
+    ids = list(message_ids)
+    if not ids:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id.in_(ids), MESSAGES.c.handed_at.is_(None))
+            .values(handed_at=now)
+        )
+
+
+def unhand(engine: Engine, message_id: str) -> None:
+    """The row's task is gone (taken by a worker that could not run it): publish again."""
+    with engine.begin() as conn:
+        conn.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id == message_id, MESSAGES.c.status.in_(CLAIMABLE))
+            .values(handed_at=None)
+        )
+
+
+def recover_expired(engine: Engine, *, now: float) -> list[Republish]:
+    """Running rows whose lease expired: retry now, the lost attempt recorded."""
     with engine.begin() as conn:
         rows = conn.execute(
             select(
-                MESSAGES.c.id,
+                *_REPUBLISH,
                 MESSAGES.c.attempts,
                 MESSAGES.c.redrives,
                 MESSAGES.c.claimed_by,
-                MESSAGES.c.receiver,
-                MESSAGES.c.priority,
-                MESSAGES.c.envelope,
             ).where(
                 MESSAGES.c.status == "running",
                 MESSAGES.c.lease_until < now,
@@ -45,7 +89,14 @@ def recover_expired(engine: Engine, *, now: float, grace_s: float) -> list[Repub
             changed = conn.execute(
                 update(MESSAGES)
                 .where(fenced(row.id, row.attempts))
-                .values(status="retrying", lease_until=None, due_at=now + grace_s, updated_at=now)
+                .values(
+                    status="retrying",
+                    lease_until=None,
+                    due_at=now,
+                    updated_at=now,
+                    handed_at=now,
+                    spare_at=None,
+                )
             ).rowcount
             if not changed:
                 continue
@@ -64,31 +115,93 @@ def recover_expired(engine: Engine, *, now: float, grace_s: float) -> list[Repub
     return recovered
 
 
+def unpublished(
+    engine: Engine, *, now: float, grace_s: float, limit: int = 1000
+) -> list[Republish]:
+    """Active rows nobody handed to the broker within ``grace_s`` of their last change.
+
+    They are marked handed (and their spare used: the publisher may yet be alive and
+    hand them too), so each comes back once.
+    """
+    return _take(
+        engine,
+        MESSAGES.c.handed_at.is_(None),
+        MESSAGES.c.updated_at < now - grace_s,
+        values={"handed_at": now, "spare_at": now},
+        limit=limit,
+    )
+
+
+def overdue(engine: Engine, *, now: float, grace_s: float, limit: int = 1000) -> list[Republish]:
+    """Rows due more than ``grace_s`` ago that still wait: their one spare copy.
+
+    A long wait may be a lost task (a broker that dropped it, a worker that died
+    holding a retry) or only a long backlog; one spare copy per handing covers the
+    first and keeps the second from multiplying itself.
+    """
+    return _take(
+        engine,
+        MESSAGES.c.spare_at.is_(None),
+        MESSAGES.c.due_at < now - grace_s,
+        # Not a row this sweep handed already (a broker loss, a lost attempt).
+        or_(MESSAGES.c.handed_at.is_(None), MESSAGES.c.handed_at < now),
+        values={"spare_at": now},
+        limit=limit,
+    )
+
+
+def republish_active(engine: Engine, *, now: float, receiver: str | None = None) -> list[Republish]:
+    """Every queued or retrying row (of ``receiver``, or all): the broker lost them."""
+    where = [MESSAGES.c.receiver == receiver] if receiver is not None else []
+    return _take(engine, *where, values={"handed_at": now, "spare_at": None}, limit=None)
+
+
+def due_counts(engine: Engine, *, now: float) -> dict[str, int]:
+    """Messages each receiver served by workers has due now (queued or retrying)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(MESSAGES.c.receiver, func.count())
+            .where(MESSAGES.c.status.in_(CLAIMABLE), MESSAGES.c.due_at <= now, _served_by_workers())
+            .group_by(MESSAGES.c.receiver)
+        ).all()
+    return {receiver: int(count) for receiver, count in rows}
+
+
+def due_rows(engine: Engine, receiver: str, *, now: float, limit: int) -> list[Republish]:
+    """The most urgent, then oldest, due messages of ``receiver`` (nothing changed)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(*_REPUBLISH)
+            .where(
+                MESSAGES.c.receiver == receiver,
+                MESSAGES.c.status.in_(CLAIMABLE),
+                MESSAGES.c.due_at <= now,
+            )
+            .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
+            .limit(limit)
+        ).all()
+    return [Republish(r.id, r.receiver, r.priority, r.envelope) for r in rows]
+
+
+def _take(
+    engine: Engine, *where: Any, values: dict[str, Any], limit: int | None
+) -> list[Republish]:
+    with engine.begin() as conn:
+        query = (
+            select(*_REPUBLISH)
+            .where(MESSAGES.c.status.in_(CLAIMABLE), _served_by_workers(), *where)
+            .order_by(MESSAGES.c.due_at)
+        )
+        rows = conn.execute(query if limit is None else query.limit(limit)).all()
+        ids = [r.id for r in rows]
+        for start in range(0, len(ids), 1000):
+            conn.execute(
+                update(MESSAGES).where(MESSAGES.c.id.in_(ids[start : start + 1000])).values(values)
+            )
+    return [Republish(r.id, r.receiver, r.priority, r.envelope, r.due_at) for r in rows]
+
+
 def _served_by_workers() -> Any:
     # Mailbox agents pull from the store: their rows are never published to a queue.
     mailboxes = select(AGENTS.c.name).where(AGENTS.c.kind == "mailbox")
     return MESSAGES.c.receiver.not_in(mailboxes)
-
-
-def overdue(engine: Engine, *, now: float, grace_s: float, limit: int = 1000) -> list[Republish]:
-    """Queued or retrying rows whose task is overdue by ``grace_s``: its publish was lost.
-
-    Their ``due_at`` is pushed forward by ``grace_s`` so a row is republished at
-    most once per grace period while its task is on the way.
-    """
-    with engine.begin() as conn:
-        rows = conn.execute(
-            select(MESSAGES.c.id, MESSAGES.c.receiver, MESSAGES.c.priority, MESSAGES.c.envelope)
-            .where(
-                MESSAGES.c.status.in_(CLAIMABLE),
-                MESSAGES.c.due_at < now - grace_s,
-                _served_by_workers(),
-            )
-            .order_by(MESSAGES.c.due_at)
-            .limit(limit)
-        ).all()
-        if rows:
-            conn.execute(
-                update(MESSAGES).where(MESSAGES.c.id.in_([r.id for r in rows])).values(due_at=now)
-            )
-    return [Republish(r.id, r.receiver, r.priority, r.envelope) for r in rows]

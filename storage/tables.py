@@ -57,6 +57,11 @@ class Message(SQLModel, table=True):
     # Set by the claim when it took over a running row whose lease had expired.
     recovered_from: str | None = Field(default=None, max_length=255)
     finished_at: float | None = None
+    # The outbox: when the current task of this row was handed to the broker (None:
+    # not yet, or the broker lost it), and when the sweeper sent the one spare copy it
+    # may send per handing (None: not yet). Together they bound the copies to two.
+    handed_at: float | None = None
+    spare_at: float | None = None
 
 
 class Attempt(SQLModel, table=True):
@@ -143,6 +148,16 @@ class RateBucket(SQLModel, table=True):
 
     subject: str = Field(primary_key=True, max_length=64)
     tokens: float
+    updated_at: float
+
+
+class BrokerEpoch(SQLModel, table=True):
+    """The token the sweeper last left in a broker: a broker without it lost its contents."""
+
+    __tablename__ = "agentpost_broker_epochs"
+
+    broker: str = Field(primary_key=True, max_length=255)
+    epoch: str = Field(max_length=64)
     updated_at: float
 
 

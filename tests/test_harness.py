@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from sqlalchemy import text
 import storage
 from messaging import Context, Envelope, MessageNotFound, PermanentError, Settings, agent
 from tests.conftest import publish_future_envelope
-from wire import dead_letter_queue
-from worker import Harness
+from wire import dead_letter_queue, inbox_depths
+from worker import Harness, SweepReport
 
 # Every handler run, as (agent, message id, attempt): the harness runs them in this process.
 RUNS: list[tuple[str, str, int]] = []
@@ -89,7 +90,12 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
     RUNS.clear()
     FAIL_UNTIL.clear()
     settings = Settings(
-        home=tmp_path, backoff_s=0.01, backoff_max_s=0.05, lease_s=30, redeliver_after_s=0.05
+        home=tmp_path,
+        backoff_s=0.01,
+        backoff_max_s=0.05,
+        lease_s=30,
+        redeliver_after_s=0.05,
+        publish_grace_s=0.05,
     )
     with Harness(settings) as h:
         assert h.serve(*AGENTS) == sorted(AGENTS)
@@ -241,12 +247,9 @@ def test_a_lost_attempt_is_recovered_by_the_sweeper(harness: Harness) -> None:
     assert claim is not None
     harness.run()  # the task is taken, but the row is running under the dead worker's lease
     time.sleep(0.35)
-    # When the sweeper runs: the lost attempt is recorded, and once the row is overdue
-    # (the embedded broker's filesystem tasks are tokens for due rows) it is republished
+    # When the sweeper runs, the lost attempt is recorded and the message published
+    # again at once: it runs one lease after its worker died
     assert harness.sweep().recovered == 1
-    harness.run()
-    time.sleep(0.15)
-    assert harness.sweep().republished == 1
     harness.run()
     state = harness.client.status(sent.message_id)
     assert state.status == "delivered"
@@ -289,3 +292,88 @@ def test_a_mailbox_follows_the_same_lifecycle(harness: Harness) -> None:
     state = client.status(lost.message_id)
     assert (state.status, state.dead_reason) == ("dead", "exhausted")
     assert "by lost consumers" in (state.error or "")
+
+
+def _tasks(harness: Harness, agent: str) -> int:
+    """Tasks waiting in an agent's inbox on the broker."""
+    depth = inbox_depths(harness.app, [agent])[agent]
+    assert depth is not None
+    return depth
+
+
+def test_a_message_whose_publish_never_happened_is_published_by_the_sweeper(
+    harness: Harness,
+) -> None:
+    # Given a message stored by a sender that died before its publish (the row only)
+    harness.sweep()  # the broker's epoch is set
+    row = storage.NewMessage(
+        id=(message_id := str(uuid.uuid4())),
+        idempotency_key=message_id,
+        correlation_id=message_id,
+        parent_id=None,
+        sender="t",
+        receiver="h.echo",
+        priority=5,
+        envelope=Envelope.build("h.echo", "orphan", sender="t").wire_json(),
+        created_at=time.time(),
+        expires_at=None,
+    )
+    storage.insert_messages(harness.client.engine, [row])
+    assert _tasks(harness, "h.echo") == 0
+    # When the publish grace has passed, the sweeper publishes it, once
+    time.sleep(0.1)
+    assert harness.sweep().republished == 1
+    assert harness.sweep().republished == 0
+    harness.run()
+    assert harness.client.status(message_id).status == "delivered"
+
+
+def test_a_sent_message_is_recorded_as_handed_and_never_republished(harness: Harness) -> None:
+    harness.sweep()  # the broker's epoch is set
+    sent = harness.client.send("h.echo", 1, sender="t")
+    harness.client.close()  # the handed marks are written (a background thread, else)
+    row = storage.get_message(harness.client.engine, sent.message_id)
+    assert row is not None and row.handed_at is not None
+    time.sleep(0.1)
+    assert storage.unpublished(harness.client.engine, now=time.time(), grace_s=0.05) == []
+    assert _tasks(harness, "h.echo") == 1
+
+
+def test_an_old_backlog_never_holds_more_than_two_tasks_a_message(harness: Harness) -> None:
+    # Given a backlog that waits far longer than redeliver_after_s, swept again and again
+    harness.sweep()
+    ids = [harness.client.send("h.echo", n, sender="t").message_id for n in range(5)]
+    harness.client.close()
+    for _ in range(6):
+        time.sleep(0.06)
+        harness.sweep()
+    # Then each message got one spare copy at the most, whatever the number of sweeps
+    assert _tasks(harness, "h.echo") == 10
+    harness.run()
+    assert sorted(m for m, _ in runs("h.echo")) == sorted(ids)
+
+
+def test_a_broker_that_lost_its_contents_gets_every_waiting_message_back(
+    harness: Harness,
+) -> None:
+    # Given waiting messages, one of them a retry waiting for its countdown
+    harness.sweep()
+    waiting = [harness.client.send("h.echo", n, sender="t").message_id for n in range(3)]
+    retry = harness.client.send("h.flaky", None, sender="t").message_id
+    FAIL_UNTIL[retry] = 1
+    with harness.client.engine.begin() as conn:  # a long countdown
+        conn.execute(
+            text("UPDATE agentpost_messages SET due_at = :d WHERE id = :i"),
+            {"d": time.time() + 0.5, "i": retry},
+        )
+    harness.client.close()
+    # When the broker's folders are wiped (the epoch marker with them)
+    for path in (harness.settings.home / "broker" / "queue").iterdir():
+        path.unlink()
+    # Then the next sweep republishes them all, the retry with its remaining countdown
+    report = harness.sweep()
+    assert report.lost == 4
+    harness.run()
+    assert sorted(m for m, _ in runs("h.echo")) == sorted(waiting)
+    assert harness.client.status(retry).status == "delivered"
+    assert harness.sweep() == SweepReport(recovered=0, republished=0, lost=0)

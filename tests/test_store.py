@@ -108,8 +108,8 @@ def test_sweeper_queries_find_expired_leases_and_overdue_rows(engine: Engine) ->
     running, waiting = _new(engine), _new(engine)
     now = time.time()
     storage.claim(engine, running, worker="w1", now=now, lease_s=1)
-    assert storage.recover_expired(engine, now=now + 0.5, grace_s=5) == []
-    [recovered] = storage.recover_expired(engine, now=now + 2, grace_s=5)
+    assert storage.recover_expired(engine, now=now + 0.5) == []
+    [recovered] = storage.recover_expired(engine, now=now + 2)
     assert recovered.message_id == running
     assert [a.outcome for a in storage.attempts_of(engine, [running])] == ["lost"]
     overdue = storage.overdue(engine, now=now + 3, grace_s=2)

@@ -33,7 +33,7 @@ from kombu.transport import filesystem, virtual
 from kombu.transport.filesystem import exchange_queue_t
 from kombu.utils.json import dumps, loads
 
-__all__ = ["Channel", "Transport"]
+__all__ = ["Channel", "Transport", "write_atomically"]
 
 log = logging.getLogger("agentpost.broker")
 
@@ -45,7 +45,7 @@ class Channel(filesystem.Channel):
     def _put(self, queue: str, payload: dict[str, Any], **kwargs: Any) -> None:  # type: ignore[override]
         # The name kombu's consumers sort by (oldest first) and match on (its queue).
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
-        _write_atomically(Path(self.data_folder_out) / name, dumps(payload).encode())
+        write_atomically(Path(self.data_folder_out) / name, dumps(payload).encode())
 
     def _get(self, queue: str) -> Any:  # type: ignore[override]
         wanted = f"{queue}.msg"
@@ -115,7 +115,7 @@ class Channel(filesystem.Channel):
             queues = self.get_table(exchange)
             changed = change(queues)
             if changed != queues:
-                _write_atomically(file, dumps(changed).encode())
+                write_atomically(file, dumps(changed).encode())
 
 
 class Transport(filesystem.Transport):
@@ -132,7 +132,8 @@ def _sibling(folder: Path, name: str) -> Path:
     return path
 
 
-def _write_atomically(target: Path, data: bytes) -> None:
+def write_atomically(target: Path, data: bytes) -> None:
+    """Write ``target`` whole or not at all (a staging file renamed over it)."""
     staging = _sibling(target.parent, "staging") / f"{os.getpid()}-{uuid.uuid4()}"
     try:
         staging.write_bytes(data)

@@ -31,6 +31,7 @@ class DeliveryTask:
     priority: int
     envelope: str  # the stored JSON
     argsrepr: str | None = None  # what Flower shows; None: ``summary`` of the envelope
+    countdown_s: float = 0.0  # a retry waiting for its time
 
 
 def publish_delivery(
@@ -83,10 +84,14 @@ def _send(
         DELIVER_TASK,
         (),
         {},
+        countdown=task.countdown_s or None,
         reply_to=app.thread_oid,
         create_sent_event=app.conf.task_send_sent_event,
         argsrepr=task.argsrepr or summary(json.loads(task.envelope)),
         kwargsrepr="{}",
+        # None, as send_task by name sends it: the worker applies the task's own
+        # ignore_result (False here would store every duplicate's SUCCESS over a FAILURE).
+        ignore_result=None,
     )
     app.amqp.send_task_message(
         producer,

@@ -38,7 +38,18 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=1024 * 1024, gt=0)
     lease_s: float = Field(default=300.0, gt=0)
     sweep_interval_s: float = Field(default=30.0, gt=0)
-    redeliver_after_s: float = Field(default=120.0, gt=0)
+    publish_grace_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="an accepted message not handed to the broker by then "
+        "is published by the sweeper (its sender died, or the broker refused it)",
+    )
+    redeliver_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="a message still waiting this long after it was due "
+        "gets one spare copy of its task (never more)",
+    )
     max_retries: int = Field(default=5, ge=0)
     backoff_s: float = Field(default=1.0, ge=0)
     backoff_max_s: float = Field(default=600.0, ge=0)

@@ -93,13 +93,14 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
     message_id = str(envelope.id)
     spec = get_agent(envelope.receiver)
     if spec is None:
-        # A worker consuming an inbox whose code it does not have: leave the row alone,
-        # the sweeper republishes it until a worker that has the agent takes it.
+        # A worker consuming an inbox whose code it does not have: leave the row queued;
+        # the sweeper publishes it again until a worker that has the agent takes it.
         log.error(
             "no handler for agent %r in this worker; message %s left queued",
             envelope.receiver,
             message_id,
         )
+        storage.unhand(core.engine, message_id)  # its task is taken: the sweeper sends another
         return DeliveryOutcome("skipped", message_id, error="no handler in this worker")
 
     worker = worker_identity()

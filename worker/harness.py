@@ -6,7 +6,8 @@ the settings (the embedded one by default) and stored in the real store; ``run``
 takes the tasks from the served inboxes and delivers each in this process, through
 the same ``run_delivery`` the Celery task calls. Only Celery's own machinery is left
 out: a retry's countdown is kept here (and waited for) instead of being republished
-with an ETA, and a store outage is raised, not retried.
+with an ETA (a task published with an ETA waits for it here too), and a store outage
+is raised, not retried.
 
     with Harness(Settings(home=tmp_path)) as h:
         h.serve("writer")                       # its @agent module imported already
@@ -20,6 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from datetime import datetime
 from typing import Any, Self
 
 from messaging.client import Client
@@ -90,9 +92,17 @@ class Harness:
                     took = True
                     if message.headers.get("task") == DELIVER_TASK:
                         args, _kwargs, _embed = message.decode()
-                        self._deliver(args[0])
+                        self._deliver_at(message.headers.get("eta"), args[0])
                     message.ack()  # acks_late: after the delivery, as the worker does
         return took
+
+    def _deliver_at(self, eta: str | None, envelope: Any) -> None:
+        # A task with an ETA waits for it, as a Celery worker holds it until then.
+        wait = 0.0 if eta is None else datetime.fromisoformat(eta).timestamp() - time.time()
+        if wait > 0:
+            heapq.heappush(self._later, (time.monotonic() + wait, next(self._order), envelope))
+        else:
+            self._deliver(envelope)
 
     def _deliver(self, envelope: Any) -> None:
         outcome = run_delivery(self.client, envelope)

@@ -1,9 +1,25 @@
-"""The sweeper: republish what the broker lost, so the store's promise holds on any broker.
+"""The sweeper: republish what the broker lost, and only that.
 
-It finds (1) running rows whose lease expired (their worker died) and (2) queued or
-retrying rows whose task is overdue (a publish that never happened, a Redis that
-lost its data, a filesystem message eaten by a crash). Republishing is safe
-because ``deliver`` claims before it runs: a duplicate task acks and does nothing.
+Every sweep, in this order:
+
+1. broker loss: the broker no longer holds the epoch token the store remembers
+   (Redis restarted empty or flushed, the embedded broker's folders wiped), or a
+   RabbitMQ inbox was deleted: every waiting message of what was lost is republished,
+   retries with their remaining countdown, within two sweep intervals of the loss
+   (the first sweep of a deployment only leaves the first token);
+2. dead workers: running rows whose lease expired are retried now, the lost attempt
+   recorded (a worker killed mid-handler: the message runs again one lease later);
+3. the outbox: messages nobody handed to the broker within ``publish_grace_s`` (their
+   sender died between the commit and the publish, or the broker refused it);
+4. one spare copy, never a second, of a message still waiting ``redeliver_after_s``
+   after it was due (a task dropped some other way: a purge, a worker that died
+   holding a retry);
+5. on the embedded broker, whose tasks are tokens for any due message of their
+   receiver: as many tokens as the receiver has due messages, counting those waiting.
+
+No message ever has more than two tasks in the broker, however old the backlog and
+whatever the sweep settings: republishing is safe because ``deliver`` claims before
+it runs, and bounded because a row records each handing and its one spare.
 """
 
 from __future__ import annotations
@@ -14,19 +30,25 @@ from dataclasses import dataclass
 
 import storage
 from wire.app import AgentpostCelery
-from wire.publish import publish_delivery
+from wire.brokers import profile_for
+from wire.epoch import epoch_key, missing_inboxes, new_epoch, read_marker, write_marker
+from wire.inbox import inbox_depths
+from wire.publish import DeliveryTask, publish_deliveries
 
 __all__ = ["SweepReport", "sweep"]
 
 log = logging.getLogger("agentpost.sweeper")
 
+_BATCH = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class SweepReport:
-    """How many messages one sweep recovered from dead workers and republished."""
+    """What one sweep republished, by cause."""
 
-    recovered: int
-    republished: int
+    recovered: int  # running rows of dead workers
+    republished: int  # unpublished rows and spare copies
+    lost: int = 0  # waiting rows of a broker that lost its contents
 
 
 def sweep(app: AgentpostCelery) -> SweepReport:
@@ -34,20 +56,83 @@ def sweep(app: AgentpostCelery) -> SweepReport:
     settings = app.settings
     engine = storage.engine_for(settings.database)
     now = time.time()
-    recovered = storage.recover_expired(engine, now=now, grace_s=settings.redeliver_after_s)
-    overdue = storage.overdue(engine, now=now, grace_s=settings.redeliver_after_s)
-    for row in [*recovered, *overdue]:
-        publish_delivery(
-            app,
-            message_id=row.message_id,
-            receiver=row.receiver,
-            priority=row.priority,
-            envelope=row.envelope,
+    lost = _broker_losses(app, now)
+    recovered = storage.recover_expired(engine, now=now)
+    unpublished = storage.unpublished(engine, now=now, grace_s=settings.publish_grace_s)
+    spares = storage.overdue(engine, now=now, grace_s=settings.redeliver_after_s)
+    rows = [*lost, *recovered, *unpublished, *spares]
+    tasks = [
+        DeliveryTask(
+            row.message_id,
+            row.receiver,
+            row.priority,
+            row.envelope,
+            countdown_s=max(0.0, (row.due_at or now) - now),
         )
-    if recovered or overdue:
+        for row in rows
+    ]
+    for start in range(0, len(tasks), _BATCH):
+        publish_deliveries(app, tasks[start : start + _BATCH])
+    tokens = _top_up_tokens(app, now) if not profile_for(settings.broker).has_priorities else 0
+    if rows or tokens:
         log.warning(
-            "sweeper: %d lost attempt(s) recovered, %d overdue message(s) republished",
+            "sweeper: %d message(s) of a broker that lost them, %d lost attempt(s), "
+            "%d unpublished, %d spare cop(ies), %d token(s) republished",
+            len(lost),
             len(recovered),
-            len(overdue),
+            len(unpublished),
+            len(spares),
+            tokens,
         )
-    return SweepReport(len(recovered), len(overdue))
+    return SweepReport(len(recovered), len(unpublished) + len(spares) + tokens, len(lost))
+
+
+def _top_up_tokens(app: AgentpostCelery, now: float) -> int:
+    """On a broker that cannot order (the embedded one), a task is a token for the
+    receiver's most urgent due message, and any token serves any message: what must
+    hold is tokens >= due messages. A token can be spent finding nothing (a killed
+    worker's task requeued while its row's lease still runs), so count and top up."""
+    engine = storage.engine_for(app.settings.database)
+    due = storage.due_counts(engine, now=now)
+    if not due:
+        return 0
+    waiting = inbox_depths(app, sorted(due))
+    tasks = []
+    for receiver, count in sorted(due.items()):
+        missing = count - (waiting.get(receiver) or 0)
+        if missing > 0:
+            tasks += [
+                DeliveryTask(row.message_id, row.receiver, row.priority, row.envelope)
+                for row in storage.due_rows(engine, receiver, now=now, limit=missing)
+            ]
+    for start in range(0, len(tasks), _BATCH):
+        publish_deliveries(app, tasks[start : start + _BATCH])
+    return len(tasks)
+
+
+def _broker_losses(app: AgentpostCelery, now: float) -> list[storage.Republish]:
+    """The waiting rows the broker lost (and the epoch marker renewed), if it lost any."""
+    settings = app.settings
+    engine = storage.engine_for(settings.database)
+    key = epoch_key(settings)
+    expected = storage.broker_epoch(engine, key)
+    if expected is not None and read_marker(app, expected) == expected:
+        handlers = [a.name for a in storage.list_agents(engine) if a.kind == "handler"]
+        lost: list[storage.Republish] = []
+        for agent in missing_inboxes(app, handlers):
+            log.warning("sweeper: the inbox of %r is gone from the broker", agent)
+            lost += storage.republish_active(engine, now=now, receiver=agent)
+        return lost
+    # No marker (or another one): whatever the broker held is gone. Of two sweepers
+    # that see it, the one that swaps the stored epoch republishes. The first sweep of
+    # a deployment only leaves the first marker: what a broker lost before it is left to
+    # the spare copies (redeliver_after_s), rather than duplicating every waiting
+    # message each time a deployment starts.
+    token = new_epoch()
+    if not storage.swap_broker_epoch(engine, key, expected=expected, new=token, now=now):
+        return []
+    write_marker(app, token, expected)
+    if expected is None:
+        return []
+    log.warning("sweeper: the broker lost its contents (epoch marker gone)")
+    return storage.republish_active(engine, now=now)

@@ -89,4 +89,4 @@ def deliver(self: DeliverTask, envelope: Any) -> dict[str, Any]:
 def sweep_task(self: Task[Any, Any]) -> dict[str, int]:
     """One sweep (scheduled by beat)."""
     report = sweep(_agentpost_app(self))
-    return {"recovered": report.recovered, "republished": report.republished}
+    return {"recovered": report.recovered, "republished": report.republished, "lost": report.lost}
