@@ -10,7 +10,7 @@ message, whatever its age. Where the token lives is the broker's own business:
 - the embedded broker: a file beside the messages in its queue folder (wiping the
   folder takes it);
 - RabbitMQ: a durable, unused queue ``<namespace>agentpost.epoch.<token>`` (a broker
-  reset takes it). A deleted inbox is seen on its own: ``missing_inboxes``.
+  reset takes it). A deleted inbox is seen on its own: ``restore_missing_inboxes``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from wire.settings import Settings, redact
 if TYPE_CHECKING:
     from wire.app import AgentpostCelery
 
-__all__ = ["epoch_key", "missing_inboxes", "new_epoch", "read_marker", "write_marker"]
+__all__ = ["epoch_key", "new_epoch", "read_marker", "restore_missing_inboxes", "write_marker"]
 
 
 def epoch_key(settings: Settings) -> str:
@@ -79,12 +79,18 @@ def write_marker(app: AgentpostCelery, token: str, previous: str | None) -> None
             Queue(_amqp_marker(settings, previous), durable=True)(channel).delete()
 
 
-def missing_inboxes(app: AgentpostCelery, agents: list[str]) -> list[str]:
-    """Agents whose inbox queue the broker no longer has (RabbitMQ; elsewhere none)."""
+def restore_missing_inboxes(app: AgentpostCelery, agents: list[str]) -> list[str]:
+    """Declare again the inboxes the broker no longer has; the agents whose inbox was
+    gone (RabbitMQ; elsewhere none). Declared here, not on the next publish: kombu
+    remembers a queue it declared once on a connection and would publish into the void."""
     if profile_for(app.settings.broker).name != "amqp" or not agents:
         return []
     with app.connection_for_write() as conn:
-        return [a for a in agents if not _exists(conn, inbox_queue(a, app.settings).name)]
+        gone = [a for a in agents if not _exists(conn, inbox_queue(a, app.settings).name)]
+        channel = conn.channel()
+        for agent in gone:
+            inbox_queue(agent, app.settings)(channel).declare()
+        return gone
 
 
 def _exists(conn: Any, queue: str) -> bool:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import storage
 from wire.app import AgentpostCelery
 from wire.brokers import profile_for
-from wire.epoch import epoch_key, missing_inboxes, new_epoch, read_marker, write_marker
+from wire.epoch import epoch_key, new_epoch, read_marker, restore_missing_inboxes, write_marker
 from wire.inbox import inbox_depths
 from wire.publish import DeliveryTask, publish_deliveries
 
@@ -119,7 +119,7 @@ def _broker_losses(app: AgentpostCelery, now: float) -> list[storage.Republish]:
     if expected is not None and read_marker(app, expected) == expected:
         handlers = [a.name for a in storage.list_agents(engine) if a.kind == "handler"]
         lost: list[storage.Republish] = []
-        for agent in missing_inboxes(app, handlers):
+        for agent in restore_missing_inboxes(app, handlers):
             log.warning("sweeper: the inbox of %r is gone from the broker", agent)
             lost += storage.republish_active(engine, now=now, receiver=agent)
         return lost

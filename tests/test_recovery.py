@@ -1,0 +1,71 @@
+"""Recovery republishes what the broker lost, and only that, on every backend.
+
+The sweeps here run in the test's process (``worker.sweep``, what beat's task calls)
+against the real broker and store, so the test can look at the broker between them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from kombu import Connection
+
+from tests.conftest import Backend, Worker, lose_queued_messages, wait_final
+from wire import create_app, inbox_depths, inbox_queue
+from worker import sweep
+
+pytestmark = pytest.mark.slow
+
+
+def test_an_old_backlog_swept_again_and_again_holds_at_most_two_tasks_a_message(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given 30 messages waiting far longer than AGENTPOST_REDELIVER_AFTER_S (2 s here)
+    start_worker().stop()
+    client = backend.client()
+    ids = [client.send("echo", {"n": n}, sender="t").message_id for n in range(30)]
+    client.close()  # the handed marks are written
+    app = create_app(backend.settings)
+    # When the sweeper runs again and again (every 0.3 s for 4 s)
+    for _ in range(14):
+        sweep(app)
+        time.sleep(0.3)
+    # Then the broker holds one spare copy per message at the most, not one per sweep
+    waiting = inbox_depths(app, ["echo"])["echo"]
+    assert waiting is not None and 30 <= waiting <= 60
+    # and each message is delivered once
+    start_worker("--agents", "echo")
+    for message_id in ids:
+        assert wait_final(client, message_id).status == "delivered"
+    assert sorted(r["id"] for r in backend.runs("echo")) == sorted(ids)
+
+
+def test_a_broker_that_lost_its_contents_gets_them_back_at_the_next_sweep(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given a deployment whose spare copies would take 10 minutes
+    backend.env["AGENTPOST_REDELIVER_AFTER_S"] = "600"
+    start_worker().stop()
+    app = create_app(backend.settings)
+    sweep(app)  # the first sweep leaves the broker's epoch token
+    client = backend.client()
+    ids = [client.send("echo", {"n": n}, sender="t").message_id for n in range(10)]
+    client.close()
+    # When the broker loses them (Redis FLUSHDB, the embedded folder wiped, the
+    # RabbitMQ inbox deleted)
+    if backend.name == "amqp":
+        with Connection(backend.settings.broker) as conn:
+            inbox_queue("echo", backend.settings)(conn.default_channel).delete()
+    else:
+        lose_queued_messages(backend)
+    assert inbox_depths(app, ["echo"])["echo"] in (0, None)
+    # Then the next sweep sees it and republishes every one of them, once
+    report = sweep(app)
+    assert (report.lost, inbox_depths(app, ["echo"])["echo"]) == (10, 10)
+    assert sweep(app).lost == 0
+    start_worker("--agents", "echo")
+    for message_id in ids:
+        assert wait_final(client, message_id).status == "delivered"
+    assert sorted(r["id"] for r in backend.runs("echo")) == sorted(ids)
