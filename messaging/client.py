@@ -116,7 +116,7 @@ class Client(Sender):
             row = storage.redrive(self.engine, message_id, now=time.time())
         if row is None:
             raise MessageNotFound(f"no dead message {message_id!r} to redrive")
-        self._publish([DeliveryTask(row.message_id, row.receiver, row.priority, row.envelope)])
+        self._publish([DeliveryTask.of(row, now=time.time())])
         return SendResult(message_id=message_id, duplicate=False, status="queued")
 
     def agents(self) -> list[AgentInfo]:

@@ -153,7 +153,8 @@ class Mailbox:
         if expired(taken.expires_at, now):
             attempt.dead(reason="expired", error=expiry_error(taken.expires_at, taker="a receiver"))
             return None
-        if self.retry_policy().is_past_last(attempt.number):
+        # A first attempt is never past the last (no SELECT of the policy for it).
+        if attempt.number > 1 and self.retry_policy().is_past_last(attempt.number):
             # Earlier attempts were lost with their consumers and used up the retries.
             error = f"attempts exhausted ({attempt.number - 1}) by lost consumers"
             attempt.dead(reason="exhausted", error=error)

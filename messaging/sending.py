@@ -27,7 +27,7 @@ from messaging.tracing import current_context
 from wire.app import AgentpostCelery, create_app
 from wire.boundary import broker_errors, store_errors
 from wire.errors import BrokerUnavailable, InvalidEnvelope, UnknownAgent
-from wire.publish import DeliveryTask, publish_deliveries, publish_delivery, summary_of
+from wire.publish import DeliveryTask, publish_deliveries, summary_of
 from wire.settings import Settings
 
 __all__ = ["Sender"]
@@ -251,15 +251,9 @@ class Sender:
                 f"best-effort messages go straight to a worker; {env.receiver!r} is a "
                 "mailbox agent: send it at-least-once"
             )
+        task = DeliveryTask(str(env.id), env.receiver, env.priority, wire, _summary(env))
         with broker_errors(self.settings.broker):
-            publish_delivery(
-                self.app,
-                message_id=str(env.id),
-                receiver=env.receiver,
-                priority=env.priority,
-                envelope=wire,
-                argsrepr=_summary(env),
-            )
+            publish_deliveries(self.app, [task])
         return SendResult(message_id=str(env.id), duplicate=False, status="sent")
 
     def _check(self, envelope: Envelope) -> tuple[Envelope, str]:
@@ -288,18 +282,7 @@ class Sender:
         """Publish the tasks of stored messages; a failure is logged, never raised."""
         try:
             with broker_errors(self.settings.broker):
-                if len(tasks) == 1:
-                    [task] = tasks
-                    publish_delivery(
-                        self.app,
-                        message_id=task.message_id,
-                        receiver=task.receiver,
-                        priority=task.priority,
-                        envelope=task.envelope,
-                        argsrepr=task.argsrepr,
-                    )
-                else:
-                    publish_deliveries(self.app, tasks)
+                publish_deliveries(self.app, tasks)
             self._handed.add([t.message_id for t in tasks])
         except Exception as exc:
             # Accepted already: the sweeper republishes once the broker is back.

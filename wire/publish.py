@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import storage
 from wire.brokers import profile_for
 from wire.encoding import dump_json, task_body
 from wire.queues import DELIVER_TASK, inbox_queue
@@ -33,6 +34,12 @@ class DeliveryTask:
     argsrepr: str | None = None  # what Flower shows; None: ``summary`` of the envelope
     countdown_s: float = 0.0  # a retry waiting for its time
 
+    @classmethod
+    def of(cls, row: storage.Republish, *, now: float) -> DeliveryTask:
+        """The task of a stored row; a retry due later keeps its remaining countdown."""
+        countdown = max(0.0, row.due_at - now) if row.due_at is not None else 0.0
+        return cls(row.message_id, row.receiver, row.priority, row.envelope, countdown_s=countdown)
+
 
 def publish_delivery(
     app: AgentpostCelery,
@@ -52,26 +59,27 @@ def publish_delivery(
     if argsrepr is None and not isinstance(envelope, str):
         argsrepr = summary(envelope)
     encoded = envelope if isinstance(envelope, str) else dump_json(envelope)
-    with (
-        app.producer_or_acquire() as producer,
-        producer.connection._reraise_as_library_errors(),
-    ):
-        _send(app, producer, DeliveryTask(message_id, receiver, priority, encoded, argsrepr))
+    publish_deliveries(app, [DeliveryTask(message_id, receiver, priority, encoded, argsrepr)])
 
 
 def publish_deliveries(app: AgentpostCelery, tasks: Sequence[DeliveryTask]) -> None:
-    """Publish the tasks of many messages, batched where the transport can (kombu's
-    ``Producer.batch``: one Redis pipeline per 1,000 commands, not a round trip each)."""
+    """Publish the tasks of messages; several are batched where the transport can
+    (kombu's ``Producer.batch``: one Redis pipeline per 1,000 commands)."""
+    if not tasks:
+        return
     with (
         app.producer_or_acquire() as producer,
         producer.connection._reraise_as_library_errors(),
-        producer.batch(),
     ):
-        # Each inbox declared once per batch (kombu binds a copy per declaration).
-        for receiver in sorted({task.receiver for task in tasks}):
-            producer.maybe_declare(inbox_queue(receiver, app.settings))
-        for task in tasks:
-            _send(app, producer, task, declare=[])
+        if len(tasks) == 1:  # the common single send: no batch to set up
+            _send(app, producer, tasks[0])
+            return
+        with producer.batch():
+            # Each inbox declared once per batch (kombu binds a copy per declaration).
+            for receiver in sorted({task.receiver for task in tasks}):
+                producer.maybe_declare(inbox_queue(receiver, app.settings))
+            for task in tasks:
+                _send(app, producer, task, declare=[])
 
 
 def _send(

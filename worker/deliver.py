@@ -107,8 +107,8 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
     if envelope.delivery == "best-effort":
         return _best_effort(core, spec, envelope, worker)
     if profile_for(settings.broker).has_priorities:
-        if expired(_expires(envelope), now):
-            error = expiry_error(_expires(envelope), taker="a handler")
+        if expired(expires := _expires(envelope), now):
+            error = expiry_error(expires, taker="a handler")
             dead_before_claim(core, raw, message_id=message_id, reason="expired", error=error)
             return DeliveryOutcome("dead", message_id, reason="expired", error=error)
         claim = storage.claim(
@@ -133,8 +133,8 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
             envelope = parse_envelope(raw)
         except InvalidEnvelope as exc:
             return _dead(attempt, reason="invalid", error=str(exc))
-        if expired(_expires(envelope), now):
-            error = expiry_error(_expires(envelope), taker="a handler")
+        if expired(expires := _expires(envelope), now):
+            error = expiry_error(expires, taker="a handler")
             return _dead(attempt, reason="expired", error=error)
 
     policy = RetryPolicy.of(

@@ -28,6 +28,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from sqlalchemy import Engine
+
 import storage
 from wire.app import AgentpostCelery
 from wire.brokers import profile_for
@@ -38,8 +40,6 @@ from wire.publish import DeliveryTask, publish_deliveries
 __all__ = ["SweepReport", "sweep"]
 
 log = logging.getLogger("agentpost.sweeper")
-
-_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,24 +56,13 @@ def sweep(app: AgentpostCelery) -> SweepReport:
     settings = app.settings
     engine = storage.engine_for(settings.database)
     now = time.time()
-    lost = _broker_losses(app, now)
+    lost = _broker_losses(app, engine, now)
     recovered = storage.recover_expired(engine, now=now)
     unpublished = storage.unpublished(engine, now=now, grace_s=settings.publish_grace_s)
     spares = storage.overdue(engine, now=now, grace_s=settings.redeliver_after_s)
     rows = [*lost, *recovered, *unpublished, *spares]
-    tasks = [
-        DeliveryTask(
-            row.message_id,
-            row.receiver,
-            row.priority,
-            row.envelope,
-            countdown_s=max(0.0, (row.due_at or now) - now),
-        )
-        for row in rows
-    ]
-    for start in range(0, len(tasks), _BATCH):
-        publish_deliveries(app, tasks[start : start + _BATCH])
-    tokens = _top_up_tokens(app, now) if not profile_for(settings.broker).has_priorities else 0
+    publish_deliveries(app, [DeliveryTask.of(row, now=now) for row in rows])
+    tokens = 0 if profile_for(settings.broker).has_priorities else _top_up_tokens(app, engine, now)
     if rows or tokens:
         log.warning(
             "sweeper: %d message(s) of a broker that lost them, %d lost attempt(s), "
@@ -87,33 +76,28 @@ def sweep(app: AgentpostCelery) -> SweepReport:
     return SweepReport(len(recovered), len(unpublished) + len(spares) + tokens, len(lost))
 
 
-def _top_up_tokens(app: AgentpostCelery, now: float) -> int:
+def _top_up_tokens(app: AgentpostCelery, engine: Engine, now: float) -> int:
     """On a broker that cannot order (the embedded one), a task is a token for the
     receiver's most urgent due message, and any token serves any message: what must
     hold is tokens >= due messages. A token can be spent finding nothing (a killed
     worker's task requeued while its row's lease still runs), so count and top up."""
-    engine = storage.engine_for(app.settings.database)
     due = storage.due_counts(engine, now=now)
     if not due:
         return 0
     waiting = inbox_depths(app, sorted(due))
-    tasks = []
-    for receiver, count in sorted(due.items()):
-        missing = count - (waiting.get(receiver) or 0)
-        if missing > 0:
-            tasks += [
-                DeliveryTask(row.message_id, row.receiver, row.priority, row.envelope)
-                for row in storage.due_rows(engine, receiver, now=now, limit=missing)
-            ]
-    for start in range(0, len(tasks), _BATCH):
-        publish_deliveries(app, tasks[start : start + _BATCH])
-    return len(tasks)
+    rows = [
+        row
+        for receiver, count in sorted(due.items())
+        if (missing := count - (waiting.get(receiver) or 0)) > 0
+        for row in storage.due_rows(engine, receiver, now=now, limit=missing)
+    ]
+    publish_deliveries(app, [DeliveryTask.of(row, now=now) for row in rows])
+    return len(rows)
 
 
-def _broker_losses(app: AgentpostCelery, now: float) -> list[storage.Republish]:
+def _broker_losses(app: AgentpostCelery, engine: Engine, now: float) -> list[storage.Republish]:
     """The waiting rows the broker lost (and the epoch marker renewed), if it lost any."""
     settings = app.settings
-    engine = storage.engine_for(settings.database)
     key = epoch_key(settings)
     expected = storage.broker_epoch(engine, key)
     if expected is not None and read_marker(app, expected) == expected:
