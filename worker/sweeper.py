@@ -15,7 +15,8 @@ Every sweep, in this order:
    after it was due (a task dropped some other way: a purge, a worker that died
    holding a retry);
 5. on the embedded broker, whose tasks are tokens for any due message of their
-   receiver: as many tokens as the receiver has due messages, counting those waiting.
+   receiver: as many tokens as the receiver has messages due for ``publish_grace_s``,
+   counting those waiting.
 
 No message ever has more than two tasks in the broker, however old the backlog and
 whatever the sweep settings: republishing is safe because ``deliver`` claims before
@@ -62,7 +63,11 @@ def sweep(app: AgentpostCelery) -> SweepReport:
     spares = storage.overdue(engine, now=now, grace_s=settings.redeliver_after_s)
     rows = [*lost, *recovered, *unpublished, *spares]
     publish_deliveries(app, [DeliveryTask.of(row, now=now) for row in rows])
-    tokens = 0 if profile_for(settings.broker).has_priorities else _top_up_tokens(app, engine, now)
+    tokens = (
+        0
+        if profile_for(settings.broker).has_priorities
+        else _top_up_tokens(app, engine, now - settings.publish_grace_s)
+    )
     if rows or tokens:
         log.warning(
             "sweeper: %d message(s) of a broker that lost them, %d lost attempt(s), "
@@ -76,12 +81,17 @@ def sweep(app: AgentpostCelery) -> SweepReport:
     return SweepReport(len(recovered), len(unpublished) + len(spares) + tokens, len(lost))
 
 
-def _top_up_tokens(app: AgentpostCelery, engine: Engine, now: float) -> int:
+def _top_up_tokens(app: AgentpostCelery, engine: Engine, due_by: float) -> int:
     """On a broker that cannot order (the embedded one), a task is a token for the
     receiver's most urgent due message, and any token serves any message: what must
     hold is tokens >= due messages. A token can be spent finding nothing (a killed
-    worker's task requeued while its row's lease still runs), so count and top up."""
-    due = storage.due_counts(engine, now=now)
+    worker's task requeued while its row's lease still runs), so count and top up.
+
+    Only messages due since ``due_by`` count: a token a worker has fetched but not yet
+    run (a retry's countdown just ended, a busy pool) is out of the folder while its
+    message is due, and topping that up would only make a duplicate."""
+    now = time.time()
+    due = storage.due_counts(engine, now=due_by)
     if not due:
         return 0
     waiting = inbox_depths(app, sorted(due))
@@ -89,7 +99,7 @@ def _top_up_tokens(app: AgentpostCelery, engine: Engine, now: float) -> int:
         row
         for receiver, count in sorted(due.items())
         if (missing := count - (waiting.get(receiver) or 0)) > 0
-        for row in storage.due_rows(engine, receiver, now=now, limit=missing)
+        for row in storage.due_rows(engine, receiver, now=due_by, limit=missing)
     ]
     publish_deliveries(app, [DeliveryTask.of(row, now=now) for row in rows])
     return len(rows)
