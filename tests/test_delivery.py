@@ -133,6 +133,22 @@ def test_exhausted_retries_dead_letter_with_every_error(
     assert alerts == [{"id": sent.message_id, "reason": "exhausted"}]
 
 
+def test_a_late_retry_never_overwrites_a_finished_task_state(backend: Backend) -> None:
+    # Celery publishes a retry before it stores RETRY: the next attempt can dead-letter
+    # first, and the late RETRY must not turn a FAILURE back into "retrying" in Flower.
+    app = create_app(backend.settings)
+    dead, retrying = f"{backend.name}-dead", f"{backend.name}-retrying"
+    app.backend.mark_as_failure(dead, RuntimeError("boom on attempt 3"))
+    app.backend.mark_as_retry(dead, RuntimeError("boom on attempt 2"))
+    assert app.AsyncResult(dead).state == "FAILURE"
+    assert "boom on attempt 3" in str(app.AsyncResult(dead).result)
+    # An unfinished task still records its retries, and then its end
+    app.backend.mark_as_retry(retrying, RuntimeError("boom on attempt 1"))
+    assert app.AsyncResult(retrying).state == "RETRY"
+    app.backend.mark_as_failure(retrying, RuntimeError("boom on attempt 2"))
+    assert app.AsyncResult(retrying).state == "FAILURE"
+
+
 def test_permanent_error_dead_letters_without_retries(
     backend: Backend, start_worker: Callable[..., Worker]
 ) -> None:

@@ -17,10 +17,26 @@ from wire.brokers import profile_for
 from wire.queues import SWEEP_TASK, AgentpostAMQP, sweeper_queue
 from wire.settings import Settings
 
-__all__ = ["WORKER_MODULES", "AgentpostCelery", "create_app"]
+__all__ = ["WORKER_MODULES", "AgentpostCelery", "create_app", "final_backend_url"]
 
 # Imported by Celery in worker processes only (the deliver and sweep tasks, the hooks).
 WORKER_MODULES = ("worker.tasks", "worker.signals")
+
+# Celery's backends with a finished state kept final (``wire.backends``), named not
+# imported: Celery loads the class when the backend is first used.
+_FINAL_BACKENDS = {
+    "db+": "wire.backends:FinalDatabaseBackend+",
+    "redis": "wire.backends:FinalRedisBackend+",
+}
+
+
+def final_backend_url(url: str) -> str:
+    """``url`` naming its backend's final-state class (``module:Class+url``); others unchanged."""
+    if url.startswith("db+"):
+        return _FINAL_BACKENDS["db+"] + url.removeprefix("db+")
+    if url.startswith(("redis://", "rediss://")):
+        return _FINAL_BACKENDS["redis"] + url
+    return url
 
 
 class AgentpostCelery(Celery):
@@ -44,7 +60,7 @@ def create_app(settings: Settings | None = None) -> AgentpostCelery:
         broker_transport=profile.transport_class,
         broker_transport_options=profile.transport_options(settings),
         broker_connection_retry_on_startup=True,
-        result_backend=settings.results,
+        result_backend=final_backend_url(settings.results),
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         # JSON only: a pickled body is refused by the worker, never deserialised.
         task_serializer="json",
