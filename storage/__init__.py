@@ -12,6 +12,7 @@ from storage.completion import complete, mark_dead, schedule_retry
 from storage.credentials import add_key, find_key, list_keys, revoke_keys
 from storage.engine import dispose_engines, engine_for
 from storage.epochs import broker_epoch, swap_broker_epoch
+from storage.locks import sweep_lock
 from storage.migrate import SchemaBehind, current_revision, head_revision, upgrade
 from storage.queries import (
     ReplyState,
@@ -115,6 +116,7 @@ __all__ = [
     "subscribe",
     "subscriptions",
     "swap_broker_epoch",
+    "sweep_lock",
     "take_token",
     "trace",
     "unhand",

@@ -132,19 +132,22 @@ def unpublished(
     )
 
 
-def overdue(engine: Engine, *, now: float, grace_s: float, limit: int = 1000) -> list[Republish]:
-    """Rows due more than ``grace_s`` ago that still wait: their one spare copy.
+def overdue(
+    engine: Engine, *, now: float, grace_s: float, receiver: str, limit: int
+) -> list[Republish]:
+    """The oldest ``limit`` rows of ``receiver`` still waiting ``grace_s`` after they were
+    due and after their last handing: their one spare copy.
 
-    A long wait may be a lost task (a broker that dropped it, a worker that died
-    holding a retry) or only a long backlog; one spare copy per handing covers the
-    first and keeps the second from multiplying itself.
+    The sweeper asks only for as many as the broker is short of (waiting rows minus
+    the inbox's tasks): a lost task's row stays the oldest, so it is among them.
     """
+    old = now - grace_s
     return _take(
         engine,
+        MESSAGES.c.receiver == receiver,
         MESSAGES.c.spare_at.is_(None),
-        MESSAGES.c.due_at < now - grace_s,
-        # Not a row this sweep handed already (a broker loss, a lost attempt).
-        or_(MESSAGES.c.handed_at.is_(None), MESSAGES.c.handed_at < now),
+        MESSAGES.c.due_at < old,
+        or_(MESSAGES.c.handed_at.is_(None), MESSAGES.c.handed_at < old),
         values={"spare_at": now},
         limit=limit,
     )

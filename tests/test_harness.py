@@ -347,8 +347,9 @@ def test_an_old_backlog_never_holds_more_than_two_tasks_a_message(harness: Harne
     for _ in range(6):
         time.sleep(0.06)
         harness.sweep()
-    # Then each message got one spare copy at the most, whatever the number of sweeps
-    assert _tasks(harness, "h.echo") == 10
+    # Then none got a spare copy: the inbox holds a task for each, the broker is short
+    # of none (a lost task's spare is in test_recovery and bench/faults.py)
+    assert _tasks(harness, "h.echo") == 5
     harness.run()
     assert sorted(m for m, _ in runs("h.echo")) == sorted(ids)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ import pytest
 from sqlalchemy import Engine
 
 import storage
+from tests.conftest import ROOT
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -112,7 +115,36 @@ def test_sweeper_queries_find_expired_leases_and_overdue_rows(engine: Engine) ->
     [recovered] = storage.recover_expired(engine, now=now + 2)
     assert recovered.message_id == running
     assert [a.outcome for a in storage.attempts_of(engine, [running])] == ["lost"]
-    overdue = storage.overdue(engine, now=now + 3, grace_s=2)
+    overdue = storage.overdue(engine, now=now + 3, grace_s=2, receiver="b", limit=10)
     assert [r.message_id for r in overdue] == [waiting]
-    # Republished once per grace period, not on every sweep
-    assert storage.overdue(engine, now=now + 3.5, grace_s=2) == []
+    # One spare copy per handing, not one on every sweep
+    assert storage.overdue(engine, now=now + 3.5, grace_s=2, receiver="b", limit=10) == []
+
+
+def test_one_sweep_at_a_time_and_a_killed_sweeper_never_holds_the_lock(engine: Engine) -> None:
+    with storage.sweep_lock(engine) as first:
+        assert first
+        with storage.sweep_lock(engine) as second:
+            assert not second  # another connection (PostgreSQL) or file handle (SQLite)
+    with storage.sweep_lock(engine) as again:
+        assert again
+    # A process killed while it holds the lock takes the lock with it
+    code = (
+        "import sys, time, storage\n"
+        "with storage.sweep_lock(storage.engine_for(sys.argv[1])) as held:\n"
+        "    print(held, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    url = engine.url.render_as_string(hide_password=False)
+    with subprocess.Popen(
+        [sys.executable, "-c", code, url], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == "True"
+            with storage.sweep_lock(engine) as taken:
+                assert not taken
+        finally:
+            holder.kill()
+    with storage.sweep_lock(engine) as taken:
+        assert taken

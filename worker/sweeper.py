@@ -12,13 +12,16 @@ Every sweep, in this order:
 3. the outbox: messages nobody handed to the broker within ``publish_grace_s`` (their
    sender died between the commit and the publish, or the broker refused it);
 4. one spare copy, never a second, of a message still waiting ``redeliver_after_s``
-   after it was due (a task dropped some other way: a purge, a worker that died
-   holding a retry);
+   after it was due and after its last handing, for as many such messages as the
+   receiver's inbox is short of tasks (a task dropped some other way: a purge, a
+   worker that died holding a retry; a long backlog alone gets none);
 5. on the embedded broker, whose tasks are tokens for any due message of their
    receiver: as many tokens as the receiver has messages due for ``publish_grace_s``,
    counting those waiting.
 
-No message ever has more than two tasks in the broker, however old the backlog and
+One sweep runs at a time (``storage.sweep_lock``): two that overlap would judge the
+same rows from a state the other is changing. No message ever has more than two
+tasks in the broker, however old the backlog and
 whatever the sweep settings: republishing is safe because ``deliver`` claims before
 it runs, and bounded because a row records each handing and its one spare.
 """
@@ -53,22 +56,31 @@ class SweepReport:
 
 
 def sweep(app: AgentpostCelery) -> SweepReport:
-    """Run one sweep now."""
+    """Run one sweep now (or none, if another sweep holds the store's sweep lock)."""
+    engine = storage.engine_for(app.settings.database)
+    with storage.sweep_lock(engine) as held:
+        if not held:
+            log.info("sweeper: another sweep is running; this one is skipped")
+            return SweepReport(0, 0, 0)
+        return _sweep(app, engine)
+
+
+def _sweep(app: AgentpostCelery, engine: Engine) -> SweepReport:
     settings = app.settings
-    engine = storage.engine_for(settings.database)
     now = time.time()
     lost = _broker_losses(app, engine, now)
     recovered = storage.recover_expired(engine, now=now)
     unpublished = storage.unpublished(engine, now=now, grace_s=settings.publish_grace_s)
-    spares = storage.overdue(engine, now=now, grace_s=settings.redeliver_after_s)
-    rows = [*lost, *recovered, *unpublished, *spares]
+    rows = [*lost, *recovered, *unpublished]
     publish_deliveries(app, [DeliveryTask.of(row, now=now) for row in rows])
+    spares = _spares(app, engine, now)
+    publish_deliveries(app, [DeliveryTask.of(row, now=now) for row in spares])
     tokens = (
         0
         if profile_for(settings.broker).has_priorities
         else _top_up_tokens(app, engine, now - settings.publish_grace_s)
     )
-    if rows or tokens:
+    if rows or spares or tokens:
         log.warning(
             "sweeper: %d message(s) of a broker that lost them, %d lost attempt(s), "
             "%d unpublished, %d spare cop(ies), %d token(s) republished",
@@ -79,6 +91,32 @@ def sweep(app: AgentpostCelery) -> SweepReport:
             tokens,
         )
     return SweepReport(len(recovered), len(unpublished) + len(spares) + tokens, len(lost))
+
+
+def _spares(app: AgentpostCelery, engine: Engine, now: float) -> list[storage.Republish]:
+    """One spare copy for the rows whose tasks the broker is short of.
+
+    A row still waiting ``redeliver_after_s`` after it was due may have lost its task
+    (a purge, a worker that died holding a retry) or only sit in a long backlog. The
+    inbox says which: a receiver whose inbox holds at least as many tasks as it has
+    such rows is not short of any, and gets no copies; one that is short gets copies
+    of its oldest rows (a lost task's row stays the oldest). A broker that cannot
+    count gets a copy of each, once per handing.
+    """
+    grace_s = app.settings.redeliver_after_s
+    waiting = storage.due_counts(engine, now=now - grace_s)
+    if not waiting:
+        return []
+    depths = inbox_depths(app, sorted(waiting))
+    spares: list[storage.Republish] = []
+    for receiver, count in sorted(waiting.items()):
+        depth = depths.get(receiver)
+        short = count if depth is None else count - depth
+        if short > 0:
+            spares += storage.overdue(
+                engine, now=now, grace_s=grace_s, receiver=receiver, limit=short
+            )
+    return spares
 
 
 def _top_up_tokens(app: AgentpostCelery, engine: Engine, due_by: float) -> int:
