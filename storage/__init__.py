@@ -43,7 +43,7 @@ from storage.sweeps import (
     mark_handed,
     overdue,
     recover_expired,
-    republish_active,
+    republish_lost,
     unhand,
     unpublished,
 )
@@ -109,7 +109,7 @@ __all__ = [
     "register_agents",
     "register_mailbox",
     "reply_state",
-    "republish_active",
+    "republish_lost",
     "revoke_keys",
     "schedule_retry",
     "status_counts",

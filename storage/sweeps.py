@@ -4,14 +4,15 @@ Each row knows when its current task was handed to the broker (``handed_at``) an
 whether the sweeper sent its one spare copy for that handing (``spare_at``). The
 sweeper publishes (1) rows nobody handed yet (their publisher died, or the broker
 refused it), (2) one spare copy of a row overdue long enough that its task may be
-lost, never a second, (3) every active row when the broker lost its contents (a
-broker-epoch change, ``storage/epochs.py``), and (4) rows whose worker died (lease
-expired). A handing resets the spare; so no row has more than two tasks in the broker.
+lost, never a second, (3) the waiting rows whose tasks a broker lost with its
+contents (a broker-epoch change, ``storage/epochs.py``), as many as its inboxes are
+short of, and (4) rows whose worker died (lease expired). A handing resets the
+spare; so no row has more than two tasks in the broker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Engine, func, or_, select, update
@@ -32,7 +33,7 @@ __all__ = [
     "mark_handed",
     "overdue",
     "recover_expired",
-    "republish_active",
+    "republish_lost",
     "unhand",
     "unpublished",
 ]
@@ -153,10 +154,59 @@ def overdue(
     )
 
 
-def republish_active(engine: Engine, *, now: float, receiver: str | None = None) -> list[Republish]:
-    """Every queued or retrying row (of ``receiver``, or all): the broker lost them."""
+def republish_lost(
+    engine: Engine,
+    *,
+    now: float,
+    counted_at: float,
+    in_broker: Mapping[str, int | None],
+    receiver: str | None = None,
+) -> list[Republish]:
+    """The waiting rows (of ``receiver``, or all) a broker lost, handed anew.
+
+    ``in_broker`` is each receiver's inbox depth, counted at ``counted_at`` after the
+    loss (``None``: not countable). The tasks there were published after the loss, so
+    of a receiver's waiting rows, as many as its inbox is short of are lost: the ones
+    handed longest ago. Rows claimed since the count took their task out of the
+    inbox and are no longer waiting; they are subtracted from the depth, so a race
+    can only hand a row a second copy, never leave a lost one without.
+    """
     where = [MESSAGES.c.receiver == receiver] if receiver is not None else []
-    return _take(engine, *where, values={"handed_at": now, "spare_at": None}, limit=None)
+    by_receiver = (MESSAGES.c.receiver, func.count())
+    with engine.begin() as conn:
+        waiting = conn.execute(
+            select(*by_receiver)
+            .where(MESSAGES.c.status.in_(CLAIMABLE), _served_by_workers(), *where)
+            .group_by(MESSAGES.c.receiver)
+        ).all()
+        claimed_since = conn.execute(
+            select(*by_receiver)
+            .where(
+                MESSAGES.c.status.not_in(CLAIMABLE),
+                MESSAGES.c.updated_at >= counted_at,
+                *where,
+            )
+            .group_by(MESSAGES.c.receiver)
+        ).all()
+        moved = {str(name): int(count) for name, count in claimed_since}
+        rows: list[Any] = []
+        for name, count in waiting:
+            held = max(0, (in_broker.get(name) or 0) - moved.get(name, 0))
+            if count > held:
+                rows += conn.execute(
+                    select(*_REPUBLISH)
+                    .where(MESSAGES.c.status.in_(CLAIMABLE), MESSAGES.c.receiver == name)
+                    .order_by(func.coalesce(MESSAGES.c.handed_at, 0), MESSAGES.c.due_at)
+                    .limit(count - held)
+                ).all()
+        ids = [r.id for r in rows]
+        for start in range(0, len(ids), 1000):
+            conn.execute(
+                update(MESSAGES)
+                .where(MESSAGES.c.id.in_(ids[start : start + 1000]))
+                .values(handed_at=now, spare_at=None)
+            )
+    return [Republish(r.id, r.receiver, r.priority, r.envelope, r.due_at) for r in rows]
 
 
 def due_counts(engine: Engine, *, now: float) -> dict[str, int]:

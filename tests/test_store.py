@@ -148,3 +148,24 @@ def test_one_sweep_at_a_time_and_a_killed_sweeper_never_holds_the_lock(engine: E
             holder.kill()
     with storage.sweep_lock(engine) as taken:
         assert taken
+
+
+def test_a_lost_broker_gets_back_only_the_rows_its_inbox_lacks(engine: Engine) -> None:
+    # Five waiting rows handed one after another; the broker, restarted empty, holds
+    # the tasks of the last two (published after the loss)
+    ids = [_new(engine) for _ in range(5)]
+    now = time.time()
+    for offset, message_id in enumerate(ids):
+        storage.mark_handed(engine, [message_id], now=now + offset)
+    counted_at = now + 10
+    lost = storage.republish_lost(engine, now=now + 11, counted_at=counted_at, in_broker={"b": 2})
+    assert [r.message_id for r in lost] == ids[:3]  # the ones handed longest ago
+    # A row claimed after the count took its task out of the counted inbox: the depth
+    # counts one task fewer for the rows still waiting, and a row gets a second copy
+    # rather than a lost one none (the oldest handing is now the fourth row's)
+    storage.claim(engine, ids[4], worker="w1", now=counted_at + 1, lease_s=10)
+    again = storage.republish_lost(engine, now=now + 12, counted_at=counted_at, in_broker={"b": 2})
+    assert [r.message_id for r in again] == [ids[3], ids[0], ids[1]]
+    # A receiver whose inbox cannot be counted gets every waiting row back
+    every = storage.republish_lost(engine, now=now + 13, counted_at=now + 13, in_broker={})
+    assert sorted(r.message_id for r in every) == sorted(ids[:4])

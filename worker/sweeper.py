@@ -149,11 +149,10 @@ def _broker_losses(app: AgentpostCelery, engine: Engine, now: float) -> list[sto
     key = epoch_key(settings)
     expected = storage.broker_epoch(engine, key)
     if expected is not None and read_marker(app, expected) == expected:
-        handlers = [a.name for a in storage.list_agents(engine) if a.kind == "handler"]
         lost: list[storage.Republish] = []
-        for agent in restore_missing_inboxes(app, handlers):
+        for agent in restore_missing_inboxes(app, _handlers(engine)):
             log.warning("sweeper: the inbox of %r is gone from the broker", agent)
-            lost += storage.republish_active(engine, now=now, receiver=agent)
+            lost += _lost(app, engine, now, [agent], receiver=agent)
         return lost
     # No marker (or another one): whatever the broker held is gone. Of two sweepers
     # that see it, the one that swaps the stored epoch republishes. The first sweep of
@@ -167,4 +166,25 @@ def _broker_losses(app: AgentpostCelery, engine: Engine, now: float) -> list[sto
     if expected is None:
         return []
     log.warning("sweeper: the broker lost its contents (epoch marker gone)")
-    return storage.republish_active(engine, now=now)
+    return _lost(app, engine, now, _handlers(engine))
+
+
+def _handlers(engine: Engine) -> list[str]:
+    return [a.name for a in storage.list_agents(engine) if a.kind == "handler"]
+
+
+def _lost(
+    app: AgentpostCelery,
+    engine: Engine,
+    now: float,
+    agents: list[str],
+    *,
+    receiver: str | None = None,
+) -> list[storage.Republish]:
+    """The rows whose tasks went with the broker: what the inboxes, counted now, lack
+    (tasks published since the loss stay the only copy of their rows)."""
+    counted_at = time.time()
+    depths = inbox_depths(app, agents)
+    return storage.republish_lost(
+        engine, now=now, counted_at=counted_at, in_broker=depths, receiver=receiver
+    )
