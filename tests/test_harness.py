@@ -269,7 +269,8 @@ def test_best_effort_runs_once_without_a_row(harness: Harness) -> None:
 
 def test_a_mailbox_follows_the_same_lifecycle(harness: Harness) -> None:
     client = harness.client
-    client.register("h.box", max_retries=1, backoff_s=0.2)
+    # A backoff long enough that a loaded machine still reads "backing off" before it ends
+    client.register("h.box", max_retries=1, backoff_s=1, backoff_max_s=1)
     box = client.mailbox("h.box")
     sent = client.send("h.box", {"n": 1}, sender="t")
     # nack: a retry after backoff, then dead once the retries are used
@@ -277,7 +278,7 @@ def test_a_mailbox_follows_the_same_lifecycle(harness: Harness) -> None:
     assert first is not None and first.attempt == 1
     first.nack("not now")
     assert box.receive() is None  # backing off
-    second = box.receive(timeout_s=1)
+    second = box.receive(timeout_s=5)
     assert second is not None and second.attempt == 2
     second.nack(ValueError("still no"))
     state = client.status(sent.message_id)
