@@ -4,8 +4,10 @@ Every sweep, in this order:
 
 1. broker loss: the broker no longer holds the epoch token the store remembers
    (Redis restarted empty or flushed, the embedded broker's folders wiped), or a
-   RabbitMQ inbox was deleted: every waiting message of what was lost is republished,
-   retries with their remaining countdown, within two sweep intervals of the loss
+   RabbitMQ inbox was deleted: the waiting messages whose tasks went with it are
+   republished, retries with their remaining countdown, within two sweep intervals
+   of the loss. Which ones: each inbox, counted after the loss, holds only tasks
+   published since, so as many rows as it is short of, those handed longest ago
    (the first sweep of a deployment only leaves the first token);
 2. dead workers: running rows whose lease expired are retried now, the lost attempt
    recorded (a worker killed mid-handler: the message runs again one lease later);
