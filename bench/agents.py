@@ -2,19 +2,25 @@
 
 * ``noop`` (``bench/throughput.py``): a handler that does nothing.
 * ``echo`` (``bench/latency.py``): replies with the request's payload.
+* ``effect`` (``bench/faults.py``): records one effect row per run.
 
 ``python -m messaging.cli worker bench.agents`` imports this module in the worker.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
+from sqlalchemy import text
+
+import storage
 from messaging.agents import agent
 from messaging.context import Context
 from messaging.envelope import Envelope
+from wire.settings import Settings
 
-__all__ = ["echo", "noop"]
+__all__ = ["echo", "effect", "noop"]
 
 
 @agent("noop")
@@ -27,3 +33,30 @@ def noop(msg: Envelope, ctx: Context) -> None:
 def echo(msg: Envelope, ctx: Context) -> Any:
     """Reply with the request's payload (the request/reply round trip of the latency bench)."""
     return msg.payload
+
+
+_EFFECT = text(
+    "INSERT INTO fault_effects (key, delivery, message_id, attempt) VALUES (:k, :d, :m, :a)"
+)
+
+
+@agent("effect", max_retries=50)
+def effect(msg: Envelope, ctx: Context) -> int:
+    """The fault run's agent (``bench/faults.py``): one ``fault_effects`` row per run.
+
+    An exactly-once message writes it through ``ctx.session`` (committed with the
+    completion, so exactly once); an at-least-once message commits it on its own
+    first (so at least once: a kill after the commit runs it again).
+    """
+    values = {"k": msg.idempotency_key, "d": msg.delivery, "m": str(msg.id), "a": ctx.attempt}
+    if msg.delivery == "exactly-once":
+        ctx.session.execute(_EFFECT, values)
+    else:
+        with storage.engine_for(_database()).begin() as conn:
+            conn.execute(_EFFECT, values)
+    return ctx.attempt
+
+
+@cache
+def _database() -> str:
+    return Settings().database
