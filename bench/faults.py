@@ -200,6 +200,7 @@ class RunReport:
     redis_restarts: int = 0
     postgres_crashes: int = 0
     sender_retries: int = 0
+    revived: int = 0  # processes that exited on their own, started again
     failures: list[str] = field(default_factory=list)
     # For reading a run afterwards (--json): what happened when, and the samples as
     # (seconds, tasks, of them unacked, outstanding messages).
@@ -242,6 +243,19 @@ class Deployment:
             os.killpg(self.workers[index].pid, signal.SIGKILL)
         self.workers[index].wait(timeout=10)
         self.workers[index] = self.start_worker()
+
+    def revive(self) -> int:
+        """Start again the workers (and beat) that exited on their own, as a supervisor
+        would (a worker started while PostgreSQL is down exits: it cannot register)."""
+        revived = 0
+        for index, proc in enumerate(self.workers):
+            if proc.poll() is not None:
+                self.workers[index] = self.start_worker()
+                revived += 1
+        if self.beat is not None and self.beat.poll() is not None:
+            self.beat = self._spawn("beat", "-l", "INFO")
+            revived += 1
+        return revived
 
     def stop(self) -> None:
         for proc in [*self.workers, *([self.beat] if self.beat else [])]:
@@ -420,7 +434,7 @@ def _wait_delivered(
     postgres: PrivatePostgres,
     report: RunReport,
 ) -> bool:
-    pending = list(schedule)
+    pending, revived_at = list(schedule), 0.0
     while time.monotonic() - started < timeout_s:
         elapsed = time.monotonic() - started
         while pending and pending[0][0] <= elapsed:
@@ -437,6 +451,9 @@ def _wait_delivered(
             else:
                 deployment.kill_worker(int(event.split(":")[1]))
                 report.kills += 1
+        if elapsed - revived_at >= 1.0:  # a supervisor's restart delay
+            revived_at = elapsed
+            report.revived += deployment.revive()
         if not pending:
             with suppress(Exception):
                 if statuses(engine).get("delivered", 0) >= n:
@@ -515,7 +532,20 @@ def send_main(mode: str, first: int, count: int) -> int:
         )
 
     retries, started = 0, time.monotonic()
-    with Client() as client:
+
+    def retry(what: object, exc: Exception) -> None:
+        nonlocal retries
+        retries += 1
+        print(f"retrying {what}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        time.sleep(0.2)
+
+    while True:  # the store may be down when the sender starts, too
+        try:
+            client = Client()
+            break
+        except Exception as exc:
+            retry("the client", exc)
+    with client:
         keys = list(range(first, first + count))
         step = BATCH if mode == "many" else 1
         for start in range(0, len(keys), step):
@@ -525,9 +555,7 @@ def send_main(mode: str, first: int, count: int) -> int:
                     client.send_many([envelope(i) for i in batch])
                     break
                 except Exception as exc:  # any failure: the same keys again
-                    retries += 1
-                    print(f"retrying {batch[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                    time.sleep(0.2)
+                    retry(batch[0], exc)
     print(json.dumps({"retries": retries, "seconds": time.monotonic() - started}))
     return 0
 
@@ -540,6 +568,7 @@ def _line(report: RunReport) -> str:
         f"peak {report.peak_tasks} broker tasks ({report.outstanding_at_peak} outstanding then) · "
         f"kills {report.kills} · Redis restarts {report.redis_restarts} · "
         f"PostgreSQL crashes {report.postgres_crashes} · sender retries {report.sender_retries} · "
+        f"restarted after exiting {report.revived} · "
         f"exactly-once effects {report.exactly_once_effects} · "
         f"extra at-least-once runs {report.at_least_once_extra} · "
         f"most tasks beyond 2 x outstanding {report.worst_excess}"
