@@ -73,7 +73,9 @@ FILESYSTEM = TransportProfile(
     has_priorities=False,
     transport_class="wire.filesystem:Transport",
 )
-REDIS = TransportProfile("redis", has_priorities=True)
+REDIS = TransportProfile(
+    "redis", has_priorities=True, transport_class="wire.redistransport:Transport"
+)
 AMQP = TransportProfile("amqp", has_priorities=True)
 
 
