@@ -95,10 +95,10 @@ def insert_many(conn: Connection, rows: Sequence[Any]) -> list[tuple[str, str]]:
     return [(new_id, key) for new_id, key in conn.execute(_INSERT_MANY, {"rows": batch})]
 
 
-def insert_one(engine: Engine, statement: Any) -> Any:
+def insert_one(engine: Engine, statement: Any, values: dict[str, Any]) -> Any:
     """Run one INSERT ... ON CONFLICT DO NOTHING RETURNING id outside a transaction."""
     with autocommit(engine).connect() as conn:
-        return conn.execute(statement).scalar()
+        return conn.execute(statement, values).scalar()
 
 
 def claim(engine: Engine, message_id: str, *, worker: str, now: float, lease_s: float) -> Any:

@@ -71,8 +71,7 @@ def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted
     if len(rows) == 1 and engine.dialect.name == "postgresql":
         # The common single send: one autocommit statement, a lookup only if repeated.
         row = rows[0]
-        statement = _insert_statement(postgresql.insert).values(_values(row))
-        new_id = postgres.insert_one(engine, statement)
+        new_id = postgres.insert_one(engine, _INSERT_ONE, _values(row))
         if new_id is not None:
             return [Inserted(new_id, False, "queued")]
         with engine.connect() as conn:
@@ -126,6 +125,11 @@ def _insert_statement(insert: Any) -> Any:
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
         .returning(MESSAGES.c.id)
     )
+
+
+# Built once: the statement is compiled once and each send only binds its values
+# (a ``.values(...)`` per send cost SQLAlchemy ~0.5 ms of coercion and cache keys).
+_INSERT_ONE = _insert_statement(postgresql.insert)
 
 
 def _first_holder(conn: Connection, key: str) -> Inserted:
