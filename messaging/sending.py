@@ -1,7 +1,9 @@
 """Sending: accept a message into the store, then publish its delivery task.
 
-A message is accepted once its row is committed; the publish that follows can be
-lost (broker down, process killed) and the sweeper will republish it. A process
+A message is accepted once its row is committed; ``send`` returns then, and the
+publish follows from a background thread (``messaging/outbox.py``; ``close`` waits
+for it). That publish can be lost (broker down, process killed) and the sweeper will
+publish it. A process
 using the client never imports agent code: it publishes ``agentpost.deliver`` by
 name and learns the agent names from the store.
 """
@@ -9,10 +11,8 @@ name and learns the agent names from the store.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Self, overload
@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 import storage
 from messaging.envelope import Delivery, Envelope, Priority
+from messaging.outbox import Background, HandedMarks
 from messaging.results import SendResult
 from messaging.tracing import current_context
 from wire.app import AgentpostCelery, create_app
@@ -33,50 +34,6 @@ from wire.settings import Settings
 __all__ = ["Sender"]
 
 log = logging.getLogger("agentpost.client")
-
-
-class _HandedMarks:
-    """Records, from a background thread in batches, which rows were handed to the broker.
-
-    Off the send path: a mark that never lands (the process died first) costs one
-    spare publish by the sweeper after ``publish_grace_s``, never a lost message.
-    """
-
-    def __init__(self, engine: Callable[[], Engine]) -> None:
-        self._engine = engine
-        self._lock = threading.Lock()
-        self._pending: list[str] = []
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
-
-    def add(self, message_ids: Sequence[str]) -> None:
-        with self._lock:
-            self._pending.extend(message_ids)
-            if self._thread is None or self._pid != os.getpid():  # first use, or forked
-                self._pid = os.getpid()
-                self._thread = threading.Thread(
-                    target=self._run, name="agentpost-handed", daemon=True
-                )
-                self._thread.start()
-        self._wake.set()
-
-    def flush(self) -> None:
-        with self._lock:
-            ids, self._pending = self._pending, []
-        if not ids:
-            return
-        try:
-            storage.mark_handed(self._engine(), ids, now=time.time())
-        except Exception as exc:
-            log.warning("could not record %d handed message(s): %s", len(ids), exc)
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            time.sleep(0.05)  # let a burst of sends share one UPDATE
-            self._wake.clear()
-            self.flush()
 
 
 class Sender:
@@ -109,7 +66,11 @@ class Sender:
         self.settings = base
         self._app = app
         self._known: dict[str, str] = {}  # agent name -> kind
-        self._handed = _HandedMarks(lambda: self.engine)
+        self._handed = HandedMarks(lambda: self.engine)
+        # The publishes of committed rows, off the caller's thread (messaging/outbox.py).
+        self._outbox: Background[DeliveryTask] = Background(
+            self._publish, name="agentpost-publish", linger_s=0
+        )
         with self._store():
             storage.create_schema(self.engine)
 
@@ -234,7 +195,7 @@ class Sender:
             if not outcome.duplicate and self._known.get(env.receiver) != "mailbox"
         ]
         if tasks:
-            self._publish(tasks)
+            self._outbox.add(tasks)
         return [
             SendResult(message_id=r.message_id, duplicate=r.duplicate, status=r.status)
             for r in inserted
@@ -295,9 +256,14 @@ class Sender:
                 shown,
             )
 
-    def close(self) -> None:
-        """Record what was handed to the broker; release the broker connections."""
+    def flush(self) -> None:
+        """Publish the tasks of the messages sent so far, and record them handed."""
+        self._outbox.flush()
         self._handed.flush()
+
+    def close(self) -> None:
+        """Publish what is pending, record it handed; release the broker connections."""
+        self.flush()
         if self._app is not None:
             self._app.close()
 

@@ -152,6 +152,7 @@ storage.register_agents(
 )
 # When this process sends and publishes a message
 sent = client.send("echo", {{"n": 1}}, sender="t")
+client.flush()  # the publish runs in the background; this waits for it
 print(json.dumps({{
     "status": sent.status,
     "depth": inbox_depths(client.app, ["echo"])["echo"],

@@ -83,6 +83,7 @@ class Harness:
         return sweep(self.app)
 
     def _take_from_inboxes(self) -> bool:
+        self.client.flush()  # what was sent is on the broker before the inboxes are read
         took = False
         with self.app.connection_for_read() as conn:
             channel = conn.channel()
