@@ -617,7 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         redis_server.kill()
         postgres.stop()
-        if options.keep:
+        failed = len(reports) < 2 or any(r.failures for r in reports)
+        if options.keep or failed:  # a failed run keeps its logs to be read
             print(f"logs kept in {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)

@@ -46,6 +46,7 @@ from storage.sweeps import (
     republish_lost,
     unhand,
     unpublished,
+    unspare,
 )
 from storage.tables import (
     Agent,
@@ -121,6 +122,7 @@ __all__ = [
     "trace",
     "unhand",
     "unpublished",
+    "unspare",
     "unsubscribe",
     "upgrade",
 ]

@@ -36,6 +36,7 @@ __all__ = [
     "republish_lost",
     "unhand",
     "unpublished",
+    "unspare",
 ]
 
 _REPUBLISH = (
@@ -60,14 +61,28 @@ def mark_handed(engine: Engine, message_ids: Iterable[str], *, now: float) -> No
         )
 
 
-def unhand(engine: Engine, message_id: str) -> None:
-    """The row's task is gone (taken by a worker that could not run it): publish again."""
+def unhand(engine: Engine, message_ids: Iterable[str]) -> None:
+    """These rows' tasks are gone (taken by a worker that could not run them, or a
+    publish that failed): the sweeper publishes them again after ``publish_grace_s``."""
+    _unmark(engine, message_ids, handed_at=None)
+
+
+def unspare(engine: Engine, message_ids: Iterable[str]) -> None:
+    """These rows' spare copies were never published: a later sweep may send them."""
+    _unmark(engine, message_ids, spare_at=None)
+
+
+def _unmark(engine: Engine, message_ids: Iterable[str], **values: None) -> None:
+    ids = list(message_ids)
     with engine.begin() as conn:
-        conn.execute(
-            update(MESSAGES)
-            .where(MESSAGES.c.id == message_id, MESSAGES.c.status.in_(CLAIMABLE))
-            .values(handed_at=None)
-        )
+        for start in range(0, len(ids), 1000):
+            conn.execute(
+                update(MESSAGES)
+                .where(
+                    MESSAGES.c.id.in_(ids[start : start + 1000]), MESSAGES.c.status.in_(CLAIMABLE)
+                )
+                .values(**values)
+            )
 
 
 def recover_expired(engine: Engine, *, now: float) -> list[Republish]:

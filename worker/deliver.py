@@ -100,7 +100,7 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
             envelope.receiver,
             message_id,
         )
-        storage.unhand(core.engine, message_id)  # its task is taken: the sweeper sends another
+        storage.unhand(core.engine, [message_id])  # its task is taken: the sweeper sends another
         return DeliveryOutcome("skipped", message_id, error="no handler in this worker")
 
     worker = worker_identity()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -74,9 +75,9 @@ def _sweep(app: AgentpostCelery, engine: Engine) -> SweepReport:
     recovered = storage.recover_expired(engine, now=now)
     unpublished = storage.unpublished(engine, now=now, grace_s=settings.publish_grace_s)
     rows = [*lost, *recovered, *unpublished]
-    publish_deliveries(app, [DeliveryTask.of(row, now=now) for row in rows])
+    _publish(app, engine, rows, now, release=storage.unhand)
     spares = _spares(app, engine, now)
-    publish_deliveries(app, [DeliveryTask.of(row, now=now) for row in spares])
+    _publish(app, engine, spares, now, release=storage.unspare)
     tokens = (
         0
         if profile_for(settings.broker).has_priorities
@@ -93,6 +94,32 @@ def _sweep(app: AgentpostCelery, engine: Engine) -> SweepReport:
             tokens,
         )
     return SweepReport(len(recovered), len(unpublished) + len(spares) + tokens, len(lost))
+
+
+def _publish(
+    app: AgentpostCelery,
+    engine: Engine,
+    rows: list[storage.Republish],
+    now: float,
+    *,
+    release: Callable[[Engine, Iterable[str]], None],
+) -> None:
+    """Publish the rows' tasks; if the broker fails midway, take back their marks.
+
+    The rows were marked handed (or spared) before the publish: left so, a failed
+    publish (a broker restarting under the sweep) would leave them waiting for a
+    handing that never happened. Taken back, a later sweep publishes them again; the
+    tasks that did go out before the failure make a second copy at the most.
+    """
+    try:
+        publish_deliveries(app, [DeliveryTask.of(row, now=now) for row in rows])
+    except Exception:
+        log.warning("sweeper: publishing %d task(s) failed; a later sweep retries", len(rows))
+        try:
+            release(engine, [row.message_id for row in rows])
+        except Exception as exc:  # the store down too: the spare copies are left
+            log.warning("sweeper: could not take back the marks of %d row(s): %s", len(rows), exc)
+        raise
 
 
 def _spares(app: AgentpostCelery, engine: Engine, now: float) -> list[storage.Republish]:
