@@ -329,7 +329,7 @@ def tight_poll(args: argparse.Namespace, client: Any, engine: Any) -> Series:
 
 STAGES = (
     "call → created_at: build, check the envelope",
-    "created_at → send returned: INSERT, publish (+ task-sent event)",
+    "created_at → send returned: INSERT (publish: background)",
     "send returned → started_at: broker, worker, pool hand-off",
     "started_at → ended_at: parse, claim UPDATE, handler",
     "ended_at → reply returned: completion, wait for next poll, poll",

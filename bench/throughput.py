@@ -395,6 +395,7 @@ def run_agentpost(
         t0 = time.perf_counter()
         for i in range(n):
             client.send("noop", {"i": i}, sender="bench")
+        client.flush()  # timed until every task is on the broker, as send_task's are
         enqueue_s = time.perf_counter() - t0
     finally:
         client.close()
