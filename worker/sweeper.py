@@ -183,19 +183,23 @@ def _broker_losses(app: AgentpostCelery, engine: Engine, now: float) -> list[sto
             log.warning("sweeper: the inbox of %r is gone from the broker", agent)
             lost += _lost(app, engine, now, [agent], receiver=agent)
         return lost
-    # No marker (or another one): whatever the broker held is gone. Of two sweepers
-    # that see it, the one that swaps the stored epoch republishes. The first sweep of
+    # No marker (or another one): whatever the broker held is gone. The first sweep of
     # a deployment only leaves the first marker: what a broker lost before it is left to
     # the spare copies (redeliver_after_s), rather than duplicating every waiting
     # message each time a deployment starts.
     token = new_epoch()
-    if not storage.swap_broker_epoch(engine, key, expected=expected, new=token, now=now):
-        return []
-    write_marker(app, token, expected)
     if expected is None:
+        if storage.swap_broker_epoch(engine, key, expected=None, new=token, now=now):
+            write_marker(app, token, expected)
         return []
     log.warning("sweeper: the broker lost its contents (epoch marker gone)")
-    return _lost(app, engine, now, _handlers(engine))
+    # The lost rows are marked handed *before* the new epoch is recorded: a sweeper
+    # killed in between leaves the loss for the next sweep to see again. (The other
+    # order forgot it: the next sweep found the new marker and republished nothing.)
+    lost = _lost(app, engine, now, _handlers(engine))
+    if storage.swap_broker_epoch(engine, key, expected=expected, new=token, now=now):
+        write_marker(app, token, expected)
+    return lost
 
 
 def _handlers(engine: Engine) -> list[str]:
