@@ -61,6 +61,7 @@ class Backend:
     env: dict[str, str]
     spool: Path
     workers: list[Worker] = field(default_factory=list)
+    clients: list[Client] = field(default_factory=list)
 
     @property
     def settings(self) -> Settings:
@@ -73,7 +74,9 @@ class Backend:
             os.environ.update(saved)
 
     def client(self) -> Client:
-        return Client(self.settings)
+        client = Client(self.settings)
+        self.clients.append(client)
+        return client
 
     def runs(self, agent: str, event: str | None = None) -> list[dict[str, Any]]:
         log = self.spool / f"{agent}.log"
@@ -161,6 +164,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     try:
         yield world
     finally:
+        # A client's background publishes and handed marks end before the store goes
+        # (a connection a thread still held at dispose would be left open).
+        for client in world.clients:
+            with contextlib.suppress(Exception):
+                client.close()
         for worker in world.workers:
             worker.stop()
         report = getattr(request.node, "rep_call", None)
