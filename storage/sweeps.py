@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Engine, func, or_, select, update
+from sqlalchemy import Connection, Engine, func, or_, select, update
 
 from storage import postgres
 from storage.repository import Republish
@@ -75,14 +75,7 @@ def unspare(engine: Engine, message_ids: Iterable[str]) -> None:
 def _unmark(engine: Engine, message_ids: Iterable[str], **values: None) -> None:
     ids = list(message_ids)
     with engine.begin() as conn:
-        for start in range(0, len(ids), 1000):
-            conn.execute(
-                update(MESSAGES)
-                .where(
-                    MESSAGES.c.id.in_(ids[start : start + 1000]), MESSAGES.c.status.in_(CLAIMABLE)
-                )
-                .values(**values)
-            )
+        _update_ids(conn, ids, values, MESSAGES.c.status.in_(CLAIMABLE))
 
 
 def recover_expired(engine: Engine, *, now: float) -> list[Republish]:
@@ -214,13 +207,7 @@ def republish_lost(
                     .order_by(func.coalesce(MESSAGES.c.handed_at, 0), MESSAGES.c.due_at)
                     .limit(count - held)
                 ).all()
-        ids = [r.id for r in rows]
-        for start in range(0, len(ids), 1000):
-            conn.execute(
-                update(MESSAGES)
-                .where(MESSAGES.c.id.in_(ids[start : start + 1000]))
-                .values(handed_at=now, spare_at=None)
-            )
+        _update_ids(conn, [r.id for r in rows], {"handed_at": now, "spare_at": None})
     return [Republish(r.id, r.receiver, r.priority, r.envelope, r.due_at) for r in rows]
 
 
@@ -261,11 +248,7 @@ def _take(
             .order_by(MESSAGES.c.due_at)
         )
         rows = conn.execute(query if limit is None else query.limit(limit)).all()
-        ids = [r.id for r in rows]
-        for start in range(0, len(ids), 1000):
-            conn.execute(
-                update(MESSAGES).where(MESSAGES.c.id.in_(ids[start : start + 1000])).values(values)
-            )
+        _update_ids(conn, [r.id for r in rows], values)
     return [Republish(r.id, r.receiver, r.priority, r.envelope, r.due_at) for r in rows]
 
 
@@ -273,3 +256,13 @@ def _served_by_workers() -> Any:
     # Mailbox agents pull from the store: their rows are never published to a queue.
     mailboxes = select(AGENTS.c.name).where(AGENTS.c.kind == "mailbox")
     return MESSAGES.c.receiver.not_in(mailboxes)
+
+
+def _update_ids(conn: Connection, ids: list[str], values: dict[str, Any], *where: Any) -> None:
+    """One UPDATE of these rows per 1,000 ids (the parameter lists stay bounded)."""
+    for start in range(0, len(ids), 1000):
+        conn.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id.in_(ids[start : start + 1000]), *where)
+            .values(values)
+        )
