@@ -20,7 +20,8 @@ counts the store polls (``storage.reply_state``) per request.
 
 Optional extra rows (``--variant``, repeatable):
 
-* ``no-events``: agentpost with ``AGENTPOST_TASK_EVENTS=false`` (its own worker).
+* ``events``: agentpost with ``AGENTPOST_TASK_EVENTS=true`` (its own worker; the default
+  is off, as raw Celery's).
 * ``tight-poll``: on the default agentpost worker, ``Client.send`` then a bench-only
   wait: one ``SELECT status, reply`` on a held autocommit connection every
   ``--tight-poll-ms`` (default 1 ms). An estimate of what a prompt reply notification
@@ -70,7 +71,7 @@ from bench.throughput import (  # noqa: E402
     table,
 )
 
-VARIANTS = ("no-events", "tight-poll")
+VARIANTS = ("events", "tight-poll")
 
 
 @dataclass
@@ -179,8 +180,8 @@ def run_agentpost(
     from messaging.client import Client  # noqa: PLC0415
     from wire.settings import Settings  # noqa: PLC0415
 
-    system = "agentpost" if events else "agentpost, task events off"
-    tag = "ap" if events else "ap-ne"
+    system = "agentpost, task events on" if events else "agentpost"
+    tag = "ap-ev" if events else "ap"
     namespace = f"b{token}-lat-{tag}."  # <= 32 characters
     home = workdir / tag
     settings = Settings(
@@ -283,7 +284,7 @@ def run_agentpost(
                 },
             )
         )
-        if events and "tight-poll" in args.variant:
+        if not events and "tight-poll" in args.variant:
             series.append(tight_poll(args, client, engine))
     finally:
         if client is not None:
@@ -426,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         choices=VARIANTS,
-        help="extra agentpost rows: 'no-events' (task events off), 'tight-poll' "
+        help="extra agentpost rows: 'events' (task events on), 'tight-poll' "
         "(send + a 1 ms store poll, bench-only); repeatable",
     )
     parser.add_argument("--tight-poll-ms", type=float, default=1.0)
@@ -456,9 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with fresh_database(args.pg_admin_url, db_name) as db_url:
             series.append(run_raw(args, token, workdir))
-            series += run_agentpost(args, token, workdir, db_url, events=True)
-            if "no-events" in args.variant:
-                series += run_agentpost(args, token, workdir, db_url, events=False)
+            series += run_agentpost(args, token, workdir, db_url, events=False)
+            if "events" in args.variant:
+                series += run_agentpost(args, token, workdir, db_url, events=True)
         failed = False
     finally:
         removed = clean_redis(args.redis_url, token)

@@ -2,7 +2,7 @@
 
 For each batch size, N fresh messages go to the ``noop`` inbox in batches, timed two
 ways: building the envelopes included (what a caller pays), and ``send_many`` alone
-(envelopes built beforehand). Both with task events on (the default) and off. In the
+(envelopes built beforehand). Both with task events on and off (the default). In the
 same run, raw Celery's ``send_task`` loop on the same Redis (``bench/rawapp.py``, its
 defaults) gives the per-message publish rate to compare with. Nothing consumes: the
 messages stay queued, then the run's database is dropped and its Redis keys deleted.

@@ -7,7 +7,10 @@ and the benchmark's client builds its app through the same ``apply_variant``.
 Variants (comma-separated):
 
 * ``no-events``: ``worker_send_task_events`` and ``task_send_sent_event`` off (no
-  task-sent/received/started/succeeded events on the broker; Flower sees nothing).
+  task-sent/received/started/succeeded events on the broker; the default since task
+  events became opt-in, kept for older comparisons).
+* ``events``: both on, as ``AGENTPOST_TASK_EVENTS=true`` (compare with ``--raw-variant
+  events``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "no-events": {"worker_send_task_events": False, "task_send_sent_event": False},
+    "events": {"worker_send_task_events": True, "task_send_sent_event": True},
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,10 +30,24 @@ def flower(backend: Backend) -> Iterator[str]:
 def test_flower_shows_dead_letters_as_failures_and_retries(
     backend: Backend, flower: str, start_worker: Callable[..., Worker]
 ) -> None:
-    # Given Flower watching (it only knows events it receives) and a worker
+    # Given Flower watching (it only knows events it receives) and a worker started with
+    # task events off (the default): Flower turns them on by itself
     assert httpx.get(f"{flower}/api/tasks", timeout=5).status_code == 401
-    start_worker("--agents", "doomed,flaky")
+    start_worker("--agents", "doomed,flaky,echo")
     client = backend.client()
+
+    def listed(message_id: str) -> bool:
+        found = httpx.get(f"{flower}/api/tasks", auth=AUTH, timeout=5).json()
+        return bool(found.get(message_id, {}).get("state") == "SUCCESS")
+
+    def probe() -> bool:
+        sent = client.send("echo", "probe", sender="tester").message_id
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not listed(sent):
+            time.sleep(0.2)
+        return listed(sent)
+
+    wait_for(probe, 30, "Flower to turn the worker's task events on")
     dead = client.send("doomed", {"order": 7}, sender="tester").message_id
     retried = client.send("flaky", {"succeed_on": 3}, sender="tester").message_id
     assert wait_final(client, dead).status == "dead"

@@ -73,8 +73,8 @@ def create_app(settings: Settings | None = None) -> AgentpostCelery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # Flower's live task view; AGENTPOST_TASK_EVENTS=false saves three publishes a
-        # delivery (Flower's --enable-events still turns them on at run time).
+        # Off by default, as in Celery: events are three publishes a delivery and one a
+        # send. A running Flower turns the workers' task events on every 5 s.
         worker_send_task_events=settings.task_events,
         task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,

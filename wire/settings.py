@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     backoff_jitter: bool = True
     visibility_timeout_s: float = Field(default=3600.0, gt=0)
     task_events: bool = Field(
-        default=True, description="Celery task events (Flower's live view); cost ~35% drain"
+        default=False,
+        description="Celery task events from the start (Flower turns them on at run time)",
     )
     filesystem_polling_s: float = Field(default=0.1, gt=0)
     agent_modules: Annotated[list[str], NoDecode] = Field(default_factory=list)
