@@ -186,8 +186,8 @@ class Client(Sender):
             priority=priority,
             metadata=metadata,
         )
-        # A poll straight after the send always misses and competes with the worker.
-        return self._wait_reply(sent.message_id, timeout_s, first_pause_s=0.001)
+        # Straight after the send the row is queued: a read then always misses.
+        return self._wait_reply(sent.message_id, timeout_s, read_first=sent.duplicate)
 
     def result(self, message_id: str, *, timeout_s: float = 0.0) -> Reply:
         """The reply of a delivered message, waiting up to ``timeout_s`` for it.
@@ -197,41 +197,42 @@ class Client(Sender):
             RequestFailed: the message is dead.
             MessageNotFound: no message has that id.
         """
-        return self._wait_reply(message_id, timeout_s, first_pause_s=0.0)
+        return self._wait_reply(message_id, timeout_s, read_first=True)
 
-    def _wait_reply(self, message_id: str, timeout_s: float, *, first_pause_s: float) -> Reply:
+    def _wait_reply(self, message_id: str, timeout_s: float, *, read_first: bool) -> Reply:
         deadline = time.monotonic() + timeout_s
-        pause = 0.001
-        if first_pause_s:
-            time.sleep(first_pause_s)
-        while True:
-            with self._store():
-                state = storage.reply_state(self.engine, message_id)  # one narrow SELECT
-            if state is None:
-                raise MessageNotFound(f"no message {message_id!r}")
-            if state.status == "delivered":
-                return Reply(
-                    payload=json.loads(state.reply) if state.reply is not None else None,
-                    sender=state.receiver,
-                    receiver=state.sender,
-                    correlation_id=state.correlation_id,
-                    parent_id=message_id,
-                )
-            if state.status == "dead":
-                raise RequestFailed(
-                    f"request {message_id} is dead ({state.dead_reason}): {state.error}",
-                    message_id=message_id,
-                    reason=state.dead_reason,
-                )
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RequestTimeout(
-                    f"no reply to {message_id} within {timeout_s} s (status {state.status}); "
-                    "it will still be delivered: client.result(message_id, timeout_s=...)",
-                    message_id=message_id,
-                )
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 1.5, 0.05)
+        # Watched before the first read: a finish between the two still wakes us.
+        with storage.watch_finished(self.engine, message_id) as watch:
+            if not read_first:
+                watch.wait(timeout_s)
+            while True:
+                with self._store():
+                    state = storage.reply_state(self.engine, message_id)  # one narrow SELECT
+                if state is None:
+                    raise MessageNotFound(f"no message {message_id!r}")
+                if state.status == "delivered":
+                    return Reply(
+                        payload=json.loads(state.reply) if state.reply is not None else None,
+                        sender=state.receiver,
+                        receiver=state.sender,
+                        correlation_id=state.correlation_id,
+                        parent_id=message_id,
+                    )
+                if state.status == "dead":
+                    raise RequestFailed(
+                        f"request {message_id} is dead ({state.dead_reason}): {state.error}",
+                        message_id=message_id,
+                        reason=state.dead_reason,
+                    )
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise RequestTimeout(
+                        f"no reply to {message_id} within {timeout_s} s "
+                        f"(status {state.status}); it will still be delivered: "
+                        "client.result(message_id, timeout_s=...)",
+                        message_id=message_id,
+                    )
+                watch.wait(remaining)
 
     def broadcast(
         self,

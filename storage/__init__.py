@@ -14,6 +14,7 @@ from storage.engine import dispose_engines, engine_for
 from storage.epochs import broker_epoch, swap_broker_epoch
 from storage.locks import sweep_lock
 from storage.migrate import SchemaBehind, current_revision, head_revision, upgrade
+from storage.notify import Watch, watch_finished
 from storage.queries import (
     ReplyState,
     attempts_of,
@@ -77,6 +78,7 @@ __all__ = [
     "SchemaBehind",
     "Subscription",
     "Taken",
+    "Watch",
     "add_key",
     "agent_totals",
     "attempts_of",
@@ -125,4 +127,5 @@ __all__ = [
     "unspare",
     "unsubscribe",
     "upgrade",
+    "watch_finished",
 ]

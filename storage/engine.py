@@ -15,6 +15,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from storage.notify import close_watchers
+
 __all__ = ["dispose_engines", "engine_for"]
 
 _engines: dict[tuple[int, str], Engine] = {}
@@ -35,7 +37,11 @@ def engine_for(url: str) -> Engine:
 
 
 def dispose_engines() -> None:
-    """Close the pools of this process (after fork the parent's are dropped unused)."""
+    """Close the pools of this process (after fork the parent's are dropped unused).
+
+    Its reply listeners stop too: their connections are to the same stores.
+    """
+    close_watchers()
     pid = os.getpid()
     with _lock:
         for (owner, url), engine in list(_engines.items()):

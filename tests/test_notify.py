@@ -1,0 +1,114 @@
+"""Reply waiters woken by the store (PostgreSQL LISTEN/NOTIFY), and polling without it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+import storage
+from tests.conftest import wait_for
+
+
+@pytest.fixture
+def pg(pg_database: str) -> Iterator[Engine]:
+    engine = storage.engine_for(pg_database)
+    storage.create_schema(engine)
+    yield engine
+    storage.dispose_engines()
+
+
+def _new(engine: Engine) -> str:
+    message_id = str(uuid.uuid4())
+    row = storage.NewMessage(
+        id=message_id,
+        idempotency_key=message_id,
+        correlation_id=message_id,
+        parent_id=None,
+        sender="a",
+        receiver="b",
+        priority=5,
+        envelope="{}",
+        created_at=time.time(),
+        expires_at=None,
+    )
+    storage.insert_messages(engine, [row])
+    return message_id
+
+
+def _listening(watch: storage.Watch) -> storage.Watch:
+    return wait_for(lambda: watch.listening and watch, 10, "the listener to connect")
+
+
+def test_a_watch_wakes_when_its_message_finishes_and_only_after_the_commit(pg: Engine) -> None:
+    message_id, other = _new(pg), _new(pg)
+    claim = storage.claim(pg, message_id, worker="w", now=time.time(), lease_s=30)
+    assert claim is not None
+    with storage.watch_finished(pg, message_id) as watch:
+        _listening(watch)
+        watch.wait(0.2)  # the wake-up every watch gets when the listener connects
+        # Another message finishing does not wake it
+        storage.mark_dead(pg, other, reason="invalid", error="x", now=time.time())
+        assert watch.wait(0.5) is False
+        # Its own completion, inside a transaction: nothing until the commit
+        with pg.connect() as conn:
+            completed = storage.complete(
+                conn,
+                message_id,
+                claim_=claim,
+                worker="w",
+                started_at=time.time(),
+                now=time.time(),
+                reply='"ok"',
+            )
+            assert completed
+            assert watch.wait(0.5) is False
+            conn.commit()
+        assert watch.wait(30) is True
+
+
+def test_a_dead_letter_wakes_its_watch(pg: Engine) -> None:
+    message_id = _new(pg)
+    with storage.watch_finished(pg, message_id) as watch:
+        _listening(watch)
+        watch.wait(0.2)
+        storage.mark_dead(pg, message_id, reason="invalid", error="x", now=time.time())
+        assert watch.wait(30) is True
+
+
+def test_a_lost_listening_connection_wakes_every_watch_and_listens_again(pg: Engine) -> None:
+    message_id = _new(pg)
+    with storage.watch_finished(pg, message_id) as watch:
+        _listening(watch)
+        watch.wait(0.2)
+        # When the server ends the listener's session (a restart, a network drop)
+        with pg.connect() as conn:
+            ended = conn.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE query LIKE 'LISTEN agentpost_finished%' AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+        assert ended >= 1
+        # The watch is woken to read its row (a notification may have been missed)
+        assert watch.wait(30) is True
+        # And once listening again, a finish still wakes it
+        _listening(watch)
+        watch.wait(0.2)
+        storage.mark_dead(pg, message_id, reason="invalid", error="x", now=time.time())
+        assert watch.wait(30) is True
+
+
+def test_on_sqlite_a_watch_polls(tmp_path: Path) -> None:
+    engine = storage.engine_for(f"sqlite:///{tmp_path / 'store.db'}")
+    storage.create_schema(engine)
+    try:
+        with storage.watch_finished(engine, "any") as watch:
+            assert not watch.listening
+            assert watch.wait(5) is False  # returns after the poll pause, never woken
+    finally:
+        storage.dispose_engines()
