@@ -3,12 +3,16 @@
 * ``noop`` (``bench/throughput.py``): a handler that does nothing.
 * ``echo`` (``bench/latency.py``): replies with the request's payload.
 * ``effect`` (``bench/faults.py``): records one effect row per run.
+* ``wait`` and ``await`` (``bench/io_bound.py``): an I/O-bound agent, 200 ms of waiting
+  (``time.sleep``, ``asyncio.sleep``) as a call to a model would be.
 
 ``python -m messaging.cli worker bench.agents`` imports this module in the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from functools import cache
 from typing import Any
 
@@ -20,7 +24,9 @@ from messaging.context import Context
 from messaging.envelope import Envelope
 from wire.settings import Settings
 
-__all__ = ["echo", "effect", "noop"]
+__all__ = ["await_io", "echo", "effect", "noop", "wait_io"]
+
+IO_WAIT_S = 0.2
 
 
 @agent("noop")
@@ -33,6 +39,18 @@ def noop(msg: Envelope, ctx: Context) -> None:
 def echo(msg: Envelope, ctx: Context) -> Any:
     """Reply with the request's payload (the request/reply round trip of the latency bench)."""
     return msg.payload
+
+
+@agent("wait")
+def wait_io(msg: Envelope, ctx: Context) -> None:
+    """Wait 200 ms in a blocking call (a synchronous HTTP client)."""
+    time.sleep(IO_WAIT_S)
+
+
+@agent("await")
+async def await_io(msg: Envelope, ctx: Context) -> None:
+    """Wait 200 ms on the event loop (an async HTTP client)."""
+    await asyncio.sleep(IO_WAIT_S)
 
 
 _EFFECT = text(

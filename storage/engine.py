@@ -58,7 +58,10 @@ def _make_engine(url: str) -> Engine:
         return _sqlite_engine(url, parsed.database)
     # No pool_pre_ping: it costs a round trip per checkout on the delivery path. A
     # connection found dead raises once (the deliver task retries) and is replaced.
-    return create_engine(url, pool_size=5, max_overflow=10, pool_recycle=1800)
+    # Up to 15 connections, all kept: with overflow, a threads pool of 200 opened and
+    # closed a connection (a server process each) for most deliveries. Beyond 15 at
+    # once a caller waits for one; a delivery holds one only for its statements.
+    return create_engine(url, pool_size=15, max_overflow=0, pool_recycle=1800)
 
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:

@@ -170,7 +170,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             with contextlib.suppress(Exception):
                 client.close()
         for worker in world.workers:
-            worker.stop()
+            # One that fails to stop must not leave the others running past the test.
+            with contextlib.suppress(Exception):
+                worker.stop()
+        for worker in world.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.proc.pid, signal.SIGKILL)  # pool children too
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             # The workers' own account, shown with the failure (captured teardown output).
