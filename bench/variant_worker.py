@@ -41,17 +41,17 @@ def apply_variant(app: Any, names: tuple[str, ...]) -> Any:
 
 
 def main() -> None:
-    import worker.app  # noqa: PLC0415  (after the environment is read)
-    from messaging.cli import main as cli_main  # noqa: PLC0415
+    import messaging.cli  # noqa: PLC0415  (after the environment is read)
 
     names = parse_variant(os.environ.get("BENCH_AGENTPOST_VARIANT", ""))
-    create_app = worker.app.create_app
+    create_app = messaging.cli.create_app
 
     def create_variant_app(*args: Any, **kwargs: Any) -> Any:
         return apply_variant(create_app(*args, **kwargs), names)
 
-    worker.app.create_app = create_variant_app  # type: ignore[assignment]
-    cli_main()
+    # The name the CLI's worker command calls (it imported it from wire.app).
+    messaging.cli.create_app = create_variant_app  # type: ignore[assignment]
+    messaging.cli.main()
 
 
 if __name__ == "__main__":
