@@ -30,7 +30,7 @@ import httpx
 import pytest
 import redis
 from kombu import Connection
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 import storage
@@ -425,6 +425,29 @@ def gateway(start_gateway: Callable[..., Gateway], start_worker: Callable[..., W
     """A gateway in front of a worker serving ``echo``, ``doomed`` and ``slow``."""
     start_worker("--agents", "echo,doomed,slow")
     return start_gateway()
+
+
+def new_row(key: str | None = None) -> storage.NewMessage:
+    """A message row to insert straight into the store (its own id as key by default)."""
+    message_id = str(uuid.uuid4())
+    return storage.NewMessage(
+        id=message_id,
+        idempotency_key=key or message_id,
+        correlation_id=message_id,
+        parent_id=None,
+        sender="a",
+        receiver="b",
+        priority=5,
+        envelope="{}",
+        created_at=time.time(),
+        expires_at=None,
+    )
+
+
+def stored_row(engine: Engine, key: str | None = None) -> str:
+    """Insert ``new_row(key)``; the id that holds the key."""
+    [inserted] = storage.insert_messages(engine, [new_row(key)])
+    return inserted.message_id
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 import storage
-from tests.conftest import wait_for
+from tests.conftest import stored_row, wait_for
 
 
 @pytest.fixture
@@ -22,35 +21,17 @@ def pg(pg_database: str) -> Iterator[Engine]:
     storage.dispose_engines()
 
 
-def _new(engine: Engine) -> str:
-    message_id = str(uuid.uuid4())
-    row = storage.NewMessage(
-        id=message_id,
-        idempotency_key=message_id,
-        correlation_id=message_id,
-        parent_id=None,
-        sender="a",
-        receiver="b",
-        priority=5,
-        envelope="{}",
-        created_at=time.time(),
-        expires_at=None,
-    )
-    storage.insert_messages(engine, [row])
-    return message_id
-
-
-def _listening(watch: storage.Watch) -> storage.Watch:
-    return wait_for(lambda: watch.listening and watch, 10, "the listener to connect")
+def _listening(watch: storage.Watch) -> None:
+    wait_for(lambda: watch.listening, 10, "the listener to connect")
+    watch.wait(0.2)  # the wake-up every watch gets when the listener connects
 
 
 def test_a_watch_wakes_when_its_message_finishes_and_only_after_the_commit(pg: Engine) -> None:
-    message_id, other = _new(pg), _new(pg)
+    message_id, other = stored_row(pg), stored_row(pg)
     claim = storage.claim(pg, message_id, worker="w", now=time.time(), lease_s=30)
     assert claim is not None
     with storage.watch_finished(pg, message_id) as watch:
         _listening(watch)
-        watch.wait(0.2)  # the wake-up every watch gets when the listener connects
         # Another message finishing does not wake it
         storage.mark_dead(pg, other, reason="invalid", error="x", now=time.time())
         assert watch.wait(0.5) is False
@@ -72,19 +53,17 @@ def test_a_watch_wakes_when_its_message_finishes_and_only_after_the_commit(pg: E
 
 
 def test_a_dead_letter_wakes_its_watch(pg: Engine) -> None:
-    message_id = _new(pg)
+    message_id = stored_row(pg)
     with storage.watch_finished(pg, message_id) as watch:
         _listening(watch)
-        watch.wait(0.2)
         storage.mark_dead(pg, message_id, reason="invalid", error="x", now=time.time())
         assert watch.wait(30) is True
 
 
 def test_a_lost_listening_connection_wakes_every_watch_and_listens_again(pg: Engine) -> None:
-    message_id = _new(pg)
+    message_id = stored_row(pg)
     with storage.watch_finished(pg, message_id) as watch:
         _listening(watch)
-        watch.wait(0.2)
         # When the server ends the listener's session (a restart, a network drop)
         with pg.connect() as conn:
             ended = conn.execute(
@@ -98,7 +77,6 @@ def test_a_lost_listening_connection_wakes_every_watch_and_listens_again(pg: Eng
         assert watch.wait(30) is True
         # And once listening again, a finish still wakes it
         _listening(watch)
-        watch.wait(0.2)
         storage.mark_dead(pg, message_id, reason="invalid", error="x", now=time.time())
         assert watch.wait(30) is True
 

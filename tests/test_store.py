@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from sqlalchemy import Engine
 
 import storage
-from tests.conftest import ROOT
+from tests.conftest import ROOT, new_row, stored_row
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -28,29 +27,8 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     storage.dispose_engines()
 
 
-def _row(key: str | None = None) -> storage.NewMessage:
-    message_id = str(uuid.uuid4())
-    return storage.NewMessage(
-        id=message_id,
-        idempotency_key=key or message_id,
-        correlation_id=message_id,
-        parent_id=None,
-        sender="a",
-        receiver="b",
-        priority=5,
-        envelope="{}",
-        created_at=time.time(),
-        expires_at=None,
-    )
-
-
-def _new(engine: Engine, key: str | None = None) -> str:
-    [inserted] = storage.insert_messages(engine, [_row(key)])
-    return inserted.message_id
-
-
 def test_a_claimed_row_cannot_be_claimed_again_until_its_lease_expires(engine: Engine) -> None:
-    message_id = _new(engine)
+    message_id = stored_row(engine)
     now = time.time()
     first = storage.claim(engine, message_id, worker="w1", now=now, lease_s=10)
     assert first == storage.Claim(attempt=1, redrive=0, recovered_from=None)
@@ -82,18 +60,18 @@ def test_a_claimed_row_cannot_be_claimed_again_until_its_lease_expires(engine: E
 
 
 def test_a_repeated_idempotency_key_returns_the_first_message(engine: Engine) -> None:
-    first = _new(engine, key="k-1")
-    again = storage.insert_messages(engine, [_row("k-1")])
+    first = stored_row(engine, key="k-1")
+    again = storage.insert_messages(engine, [new_row("k-1")])
     assert again == [storage.Inserted(first, True, "queued")]
 
 
 def test_a_batch_is_stored_whole_with_its_repeated_keys_resolved(engine: Engine) -> None:
     # Given a key stored already, and a batch over several INSERT statements that
     # repeats that key and, twice within itself, another one
-    stored = _new(engine, key="old")
-    fresh = [_row() for _ in range(2500)]
-    twice = _row("twice")
-    batch = [*fresh[:1200], twice, _row("old"), *fresh[1200:], _row("twice")]
+    stored = stored_row(engine, key="old")
+    fresh = [new_row() for _ in range(2500)]
+    twice = new_row("twice")
+    batch = [*fresh[:1200], twice, new_row("old"), *fresh[1200:], new_row("twice")]
     # When it is inserted
     results = storage.insert_messages(engine, batch)
     # Then every row answers in order: new, or the id that holds its key
@@ -108,7 +86,7 @@ def test_a_batch_is_stored_whole_with_its_repeated_keys_resolved(engine: Engine)
 
 
 def test_sweeper_queries_find_expired_leases_and_overdue_rows(engine: Engine) -> None:
-    running, waiting = _new(engine), _new(engine)
+    running, waiting = stored_row(engine), stored_row(engine)
     now = time.time()
     storage.claim(engine, running, worker="w1", now=now, lease_s=1)
     assert storage.recover_expired(engine, now=now + 0.5) == []
@@ -153,7 +131,7 @@ def test_one_sweep_at_a_time_and_a_killed_sweeper_never_holds_the_lock(engine: E
 def test_a_lost_broker_gets_back_only_the_rows_its_inbox_lacks(engine: Engine) -> None:
     # Five waiting rows handed one after another; the broker, restarted empty, holds
     # the tasks of the last two (published after the loss)
-    ids = [_new(engine) for _ in range(5)]
+    ids = [stored_row(engine) for _ in range(5)]
     now = time.time()
     for offset, message_id in enumerate(ids):
         storage.mark_handed(engine, [message_id], now=now + offset)
