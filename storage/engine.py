@@ -60,7 +60,8 @@ def _make_engine(url: str) -> Engine:
     # connection found dead raises once (the deliver task retries) and is replaced.
     # Up to 15 connections, all kept: with overflow, a threads pool of 200 opened and
     # closed a connection (a server process each) for most deliveries. Beyond 15 at
-    # once a caller waits for one; a delivery holds one only for its statements.
+    # once a caller waits for one; an at-least-once delivery holds one only for its
+    # statements (an exactly-once one for its handler: its effects commit with it).
     return create_engine(url, pool_size=15, max_overflow=0, pool_recycle=1800)
 
 
