@@ -12,6 +12,7 @@ from storage.completion import complete, mark_dead, schedule_retry
 from storage.credentials import add_key, find_key, list_keys, revoke_keys
 from storage.engine import dispose_engines, engine_for
 from storage.epochs import broker_epoch, swap_broker_epoch
+from storage.journal import begin_sweep, end_sweep
 from storage.locks import sweep_lock
 from storage.migrate import SchemaBehind, current_revision, head_revision, upgrade
 from storage.notify import Watch, watch_finished
@@ -42,6 +43,7 @@ from storage.sweeps import (
     due_counts,
     due_rows,
     mark_handed,
+    marked_at,
     overdue,
     recover_expired,
     republish_lost,
@@ -83,6 +85,7 @@ __all__ = [
     "agent_totals",
     "attempts_of",
     "audit_entries",
+    "begin_sweep",
     "broker_epoch",
     "claim",
     "claim_next",
@@ -93,6 +96,7 @@ __all__ = [
     "dispose_engines",
     "due_counts",
     "due_rows",
+    "end_sweep",
     "engine_for",
     "find_agent",
     "find_key",
@@ -103,6 +107,7 @@ __all__ = [
     "list_keys",
     "mark_dead",
     "mark_handed",
+    "marked_at",
     "overdue",
     "peek",
     "purge",

@@ -17,6 +17,7 @@ from storage.tables import (
     Message,
     RateBucket,
     Subscription,
+    SweepJournal,
     table_of,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "MESSAGES",
     "RATE_BUCKETS",
     "SUBSCRIPTIONS",
+    "SWEEP_JOURNAL",
     "claimable",
     "dialect_insert",
     "fenced",
@@ -44,6 +46,7 @@ API_KEYS = table_of(ApiKey)
 AUDIT = table_of(AuditEntry)
 BROKER_EPOCHS = table_of(BrokerEpoch)
 RATE_BUCKETS = table_of(RateBucket)
+SWEEP_JOURNAL = table_of(SweepJournal)
 
 ACTIVE_STATUSES = ("queued", "running", "retrying")
 CLAIMABLE = ("queued", "retrying")

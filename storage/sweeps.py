@@ -31,6 +31,7 @@ __all__ = [
     "due_counts",
     "due_rows",
     "mark_handed",
+    "marked_at",
     "overdue",
     "recover_expired",
     "republish_lost",
@@ -138,6 +139,18 @@ def unpublished(
         MESSAGES.c.updated_at < now - grace_s,
         values={"handed_at": now, "spare_at": now},
         limit=limit,
+    )
+
+
+def marked_at(engine: Engine, *, at: float, now: float) -> list[Republish]:
+    """The waiting rows a sweep that started at ``at`` marked and may never have
+    published (``storage/journal.py``), handed anew with their spare used: the tasks
+    that did go out before it died make a second copy, never a third."""
+    return _take(
+        engine,
+        or_(MESSAGES.c.handed_at == at, MESSAGES.c.spare_at == at),
+        values={"handed_at": now, "spare_at": now},
+        limit=None,
     )
 
 

@@ -17,9 +17,11 @@ __all__ = [
     "ApiKey",
     "Attempt",
     "AuditEntry",
+    "BrokerEpoch",
     "Message",
     "RateBucket",
     "Subscription",
+    "SweepJournal",
     "table_of",
 ]
 
@@ -159,6 +161,17 @@ class BrokerEpoch(SQLModel, table=True):
     broker: str = Field(primary_key=True, max_length=255)
     epoch: str = Field(max_length=64)
     updated_at: float
+
+
+class SweepJournal(SQLModel, table=True):
+    """When the last sweep started and whether it finished: the rows a sweep marked
+    handed and then died before publishing are found by its start time."""
+
+    __tablename__ = "agentpost_sweep_journal"
+
+    name: str = Field(primary_key=True, max_length=32)  # one row: "sweep"
+    started_at: float
+    finished_at: float | None = None
 
 
 def table_of(model: type[SQLModel]) -> SATable:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 from kombu import Connection
 
+import storage
 from tests.conftest import Backend, Worker, lose_queued_messages, wait_final
 from wire import create_app, inbox_depths, inbox_queue
 from worker import sweep
@@ -46,6 +47,42 @@ def test_an_old_backlog_gets_spare_copies_only_for_the_tasks_its_broker_lost(
     assert inbox_depths(app, ["echo"])["echo"] == 30
     sweep(app)
     assert inbox_depths(app, ["echo"])["echo"] == 30
+    # and each message is delivered once
+    start_worker("--agents", "echo")
+    for message_id in ids:
+        assert wait_final(client, message_id).status == "delivered"
+    assert sorted(r["id"] for r in backend.runs("echo")) == sorted(ids)
+
+
+def test_copies_a_sweep_marked_and_died_before_publishing_go_out_at_the_next_sweep(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given 10 messages whose tasks were taken and acknowledged (lost, no epoch shows
+    # it), and spare copies 10 minutes away
+    backend.env["AGENTPOST_REDELIVER_AFTER_S"] = "600"
+    start_worker().stop()
+    client = backend.client()
+    ids = [client.send("echo", {"n": n}, sender="t").message_id for n in range(10)]
+    client.close()
+    app = create_app(backend.settings)
+    sweep(app)  # the first sweep leaves the broker's epoch token
+    with app.connection_for_write() as conn:
+        inbox = conn.SimpleQueue(inbox_queue("echo", backend.settings))
+        for _ in range(10):
+            inbox.get(timeout=10).ack()
+        inbox.close()
+    # When a sweep marks their spare copies in the store and dies before publishing
+    engine = storage.engine_for(backend.settings.database)
+    died_at = time.time()
+    assert storage.begin_sweep(engine, now=died_at) is None  # the last one finished
+    spared = storage.overdue(engine, now=died_at, grace_s=0, receiver="echo", limit=10)
+    assert sorted(r.message_id for r in spared) == sorted(ids)
+    assert inbox_depths(app, ["echo"])["echo"] == 0
+    # Then the next sweep publishes them, once, and the one after adds none
+    sweep(app)
+    assert inbox_depths(app, ["echo"])["echo"] == 10
+    sweep(app)
+    assert inbox_depths(app, ["echo"])["echo"] == 10
     # and each message is delivered once
     start_worker("--agents", "echo")
     for message_id in ids:

@@ -2,6 +2,9 @@
 
 Every sweep, in this order:
 
+0. a sweep that died: a sweeper marks rows handed in the store before it publishes
+   their tasks; if the last sweep never finished (``storage/journal.py``), the rows it
+   marked are published again now, a sweep interval later, not left looking handed;
 1. broker loss: the broker no longer holds the epoch token the store remembers
    (Redis restarted empty or flushed, the embedded broker's folders wiped), or a
    RabbitMQ inbox was deleted: the waiting messages whose tasks went with it are
@@ -71,6 +74,16 @@ def sweep(app: AgentpostCelery) -> SweepReport:
 def _sweep(app: AgentpostCelery, engine: Engine) -> SweepReport:
     settings = app.settings
     now = time.time()
+    unfinished = storage.begin_sweep(engine, now=now)
+    if unfinished is not None:
+        # Published before the inboxes are counted below, so they count as held.
+        redone = storage.marked_at(engine, at=unfinished, now=now)
+        _publish(app, engine, redone, now, release=storage.unhand)
+        if redone:
+            log.warning(
+                "sweeper: the last sweep died before publishing; %d task(s) published again",
+                len(redone),
+            )
     lost = _broker_losses(app, engine, now)
     recovered = storage.recover_expired(engine, now=now)
     unpublished = storage.unpublished(engine, now=now, grace_s=settings.publish_grace_s)
@@ -83,6 +96,7 @@ def _sweep(app: AgentpostCelery, engine: Engine) -> SweepReport:
         if profile_for(settings.broker).has_priorities
         else _top_up_tokens(app, engine, now - settings.publish_grace_s)
     )
+    storage.end_sweep(engine, started_at=now, now=time.time())
     if rows or spares or tokens:
         log.warning(
             "sweeper: %d message(s) of a broker that lost them, %d lost attempt(s), "
