@@ -17,6 +17,7 @@ from messaging.mailbox import Mailbox, ReceivedMessage
 from messaging.results import AgentInfo, AttemptInfo, MessageState, Reply, SendResult
 from wire.errors import (
     AgentpostError,
+    AmbiguousId,
     BrokerUnavailable,
     ConfigurationError,
     DeadLettered,
@@ -45,6 +46,7 @@ __all__ = [
     "AgentInvocationResponse",
     "AgentSpec",
     "AgentpostError",
+    "AmbiguousId",
     "AsyncA2AClient",
     "AsyncClient",
     "AsyncMailbox",

@@ -19,14 +19,41 @@ from messaging.flower import run_flower
 from messaging.metrics import serve_metrics
 from wire.app import create_app
 from wire.boundary import safe_database_url, store_errors
-from wire.errors import AgentpostError
+from wire.errors import (
+    AgentpostError,
+    AmbiguousId,
+    ConfigurationError,
+    DeliveryError,
+    InvalidEnvelope,
+    MessageNotFound,
+    RequestFailed,
+    RequestTimeout,
+    UnknownAgent,
+)
 from wire.queues import inbox_name, sweeper_queue
 from wire.settings import Settings
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(
-    help="agentpost: reliable agent-to-agent messaging on Celery.", no_args_is_help=True
+    help="agentpost: reliable agent-to-agent messaging on Celery.",
+    epilog=(
+        "Exit codes: 0 done; 1 a timeout, a dead message or nothing found; 2 a usage error "
+        "or input refused; 3 the store, the broker or the gateway failed; 130 Ctrl-C."
+    ),
+    no_args_is_help=True,
+)
+
+# What each error says about the command that raised it (the epilog above).
+_EXIT_CODES: tuple[tuple[type[AgentpostError], int], ...] = (
+    (RequestTimeout, 1),
+    (RequestFailed, 1),
+    (DeliveryError, 1),
+    (MessageNotFound, 1),
+    (InvalidEnvelope, 2),
+    (UnknownAgent, 2),
+    (AmbiguousId, 2),
+    (ConfigurationError, 2),
 )
 
 
@@ -179,7 +206,8 @@ def main() -> None:
         app()
     except AgentpostError as exc:
         typer.secho(f"error: {exc}", err=True, fg="red")
-        raise SystemExit(2) from None
+        code = next((code for kind, code in _EXIT_CODES if isinstance(exc, kind)), 3)
+        raise SystemExit(code) from None
 
 
 if __name__ == "__main__":

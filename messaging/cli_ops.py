@@ -15,6 +15,7 @@ from rich.table import Table
 from messaging.client import Client
 from messaging.render import chain_tree, dead_letter_panel, mermaid_sequence
 from messaging.results import MessageState
+from wire.errors import RequestTimeout
 
 __all__ = ["JsonOpt", "emit", "parse_since", "register"]
 
@@ -113,16 +114,26 @@ def register(app: typer.Typer) -> None:
         sender: Annotated[str, typer.Option(help="Sending agent's name.")] = "cli",
         as_json: JsonOpt = False,
     ) -> None:
-        """Send a message and print its reply (exit 1 on timeout or dead)."""
+        """Send a message and print its reply (exit 1 on timeout or dead, 130 on Ctrl-C)."""
         with Client() as client:
-            reply = client.request(receiver, _payload(payload), sender=sender, timeout_s=timeout)
-        emit(reply, as_json, json.dumps(reply.payload, indent=2))
+            sent = client.send(receiver, _payload(payload), sender=sender)
+            _print_reply(client, sent.message_id, timeout, as_json)
+
+    @app.command()
+    def result(
+        message_id: str,
+        timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 0.0,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """The reply of a message, waiting up to --timeout (exit 1 on timeout or dead)."""
+        with Client() as client:
+            _print_reply(client, client.complete_id(message_id), timeout, as_json)
 
     @app.command()
     def status(message_id: str, as_json: JsonOpt = False) -> None:
-        """A message's status, reply or error, and every attempt."""
+        """A message's status, reply or error, and every attempt (any unique id prefix)."""
         with Client() as client:
-            state = client.status(message_id)
+            state = client.status(client.complete_id(message_id))
         emit(state, as_json, chain_tree([state]))
 
     @app.command()
@@ -133,9 +144,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """A correlation chain as a tree, with statuses, attempts and timings."""
         with Client() as client:
-            states = client.trace(correlation_id)
-        if not states:
-            raise typer.BadParameter(f"no messages with correlation id {correlation_id!r}")
+            states = client.trace(client.complete_id(correlation_id, correlation=True))
         if mermaid:
             typer.echo(mermaid_sequence(states))
             return
@@ -186,7 +195,7 @@ def register(app: typer.Typer) -> None:
     def dlq_show(message_id: str, as_json: JsonOpt = False) -> None:
         """One dead letter: payload, and the error and traceback of every attempt."""
         with Client() as client:
-            state = client.status(message_id)
+            state = client.status(client.complete_id(message_id))
         if as_json:
             emit(state, True)
             return
@@ -206,7 +215,7 @@ def register(app: typer.Typer) -> None:
         if sum(bool(x) for x in (message_id, correlation, agent, all_)) != 1:
             raise typer.BadParameter("give one of: MESSAGE_ID, --correlation, --agent, --all")
         if message_id:
-            return [message_id]
+            return [client.complete_id(message_id)]
         states = client.dead_letters(receiver=agent, correlation_id=correlation, limit=100_000)
         return [s.message_id for s in states]
 
@@ -241,6 +250,24 @@ def register(app: typer.Typer) -> None:
                 raise typer.Abort()
             removed = client.purge(ids)
         emit({"purged": removed}, as_json, f"purged: {removed}")
+
+
+def _print_reply(client: Client, message_id: str, timeout_s: float, as_json: bool) -> None:
+    """Wait for the reply of ``message_id`` and print it; a timeout or Ctrl-C says how
+    to follow the message, which is delivered all the same."""
+    follow = (
+        f"follow it with: agentpost status {message_id[:8]}  "
+        f"or  agentpost result {message_id[:8]} --timeout 30"
+    )
+    try:
+        reply = client.result(message_id, timeout_s=timeout_s)
+    except RequestTimeout as exc:
+        typer.secho(f"timed out: {exc}; {follow}", err=True, fg="yellow")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.secho(f"\ninterrupted: {message_id} was sent; {follow}", err=True, fg="yellow")
+        raise typer.Exit(130) from None
+    emit(reply, as_json, json.dumps(reply.payload, indent=2))
 
 
 def _opt(value: int | None) -> str:

@@ -18,7 +18,13 @@ from messaging.results import AgentInfo, AgentStats, MessageState, Reply, SendRe
 from messaging.sending import Sender
 from messaging.topics import fan_out, match_subscribers, validate_pattern, validate_topic
 from wire.boundary import broker_errors
-from wire.errors import MessageNotFound, RequestFailed, RequestTimeout, UnknownAgent
+from wire.errors import (
+    AmbiguousId,
+    MessageNotFound,
+    RequestFailed,
+    RequestTimeout,
+    UnknownAgent,
+)
 from wire.inbox import consumers_by_queue, consumers_of, inbox_depths
 from wire.publish import DeliveryTask
 
@@ -45,6 +51,27 @@ class Client(Sender):
             if row is None:
                 raise MessageNotFound(f"no message {message_id!r}")
             return MessageState.from_row(row, storage.attempts_of(self.engine, [row.id]))
+
+    def complete_id(self, prefix: str, *, correlation: bool = False) -> str:
+        """The whole message id (or correlation id) that ``prefix`` starts, as the CLI
+        shows them shortened; a whole id is returned as it is.
+
+        Raises:
+            MessageNotFound: no id starts with it.
+            AmbiguousId: more than one does (``candidates`` lists a few).
+        """
+        with self._store():
+            found = storage.ids_starting(self.engine, prefix, correlation=correlation)
+        if prefix in found or len(found) == 1:
+            return prefix if prefix in found else found[0]
+        what = "correlation id" if correlation else "message"
+        if not found:
+            raise MessageNotFound(f"no {what} {prefix!r}")
+        shown = ", ".join(found[:5]) + (", …" if len(found) > 5 else "")
+        raise AmbiguousId(
+            f"{prefix!r} starts more than one {what} id ({shown}): give more characters",
+            candidates=found,
+        )
 
     def trace(self, correlation_id: str) -> list[MessageState]:
         """Every message of a correlation chain (oldest first), each with its attempts."""
@@ -228,8 +255,7 @@ class Client(Sender):
                 if remaining <= 0:
                     raise RequestTimeout(
                         f"no reply to {message_id} within {timeout_s} s "
-                        f"(status {state.status}); it will still be delivered: "
-                        "client.result(message_id, timeout_s=...)",
+                        f"(status {state.status}); it will still be delivered",
                         message_id=message_id,
                     )
                 watch.wait(remaining)

@@ -20,6 +20,7 @@ __all__ = [
     "attempts_of",
     "dead_letters",
     "get_message",
+    "ids_starting",
     "peek",
     "reply_state",
     "status_counts",
@@ -32,6 +33,23 @@ def get_message(engine: Engine, message_id: str) -> Message | None:
     with engine.connect() as conn:
         row = conn.execute(select(MESSAGES).where(MESSAGES.c.id == message_id)).one_or_none()
     return Message.model_validate(row._mapping) if row is not None else None
+
+
+def ids_starting(
+    engine: Engine, prefix: str, *, correlation: bool = False, limit: int = 6
+) -> list[str]:
+    """Up to ``limit`` message ids (or correlation ids) that start with ``prefix``."""
+    column = MESSAGES.c.correlation_id if correlation else MESSAGES.c.id
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(column)
+            .where(column.like(f"{escaped}%", escape="\\"))
+            .distinct()
+            .order_by(column)
+            .limit(limit)
+        ).all()
+    return [str(r[0]) for r in rows]
 
 
 def attempts_of(engine: Engine, message_ids: Iterable[str]) -> list[Attempt]:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +19,7 @@ from tests.conftest import (
     agentpost_cli,
     lose_queued_messages,
     wait_final,
+    wait_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -48,7 +53,7 @@ def test_operator_commands(backend: Backend, start_worker: Callable[..., Worker]
         backend, "dlq", "list", "--agent", "gate", "--reason", "exhausted", "--since", "1h"
     )
     assert [d["message_id"] for d in listed] == [message_id]
-    shown = _json(backend, "dlq", "show", message_id)
+    shown = _json(backend, "dlq", "show", message_id[:8])  # the short id the CLI prints
     assert shown["attempt_log"][0]["error"] == "RuntimeError: gate closed"
     text = agentpost_cli(backend, "dlq", "show", message_id).stdout
     assert "gate closed" in text and "Traceback" in text
@@ -76,15 +81,59 @@ def test_operator_commands(backend: Backend, start_worker: Callable[..., Worker]
     assert agentpost_cli(backend, "dlq", "purge", doomed).returncode != 0
     assert _json(backend, "dlq", "purge", "--agent", "doomed", "--yes") == {"purged": 1}
     missing = agentpost_cli(backend, "status", doomed)
-    assert missing.returncode == 2 and f"no message '{doomed}'" in missing.stderr
+    assert missing.returncode == 1 and f"no message '{doomed}'" in missing.stderr
     # bad input is refused with the reason
     bad = agentpost_cli(backend, "send", "echo", "{not json")
     assert bad.returncode != 0 and "not JSON" in bad.stderr
 
 
+@pytest.mark.parametrize("backend", ["embedded", "redis"], indirect=True)
+def test_short_ids_exit_codes_and_an_interrupted_request(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given echo registered, but no worker serving it yet
+    start_worker().stop()
+    client = backend.client()
+    # A request not answered in time exits 1 and says how to follow it from the shell
+    late = agentpost_cli(backend, "request", "echo", '{"q": 1}', "--timeout", "1")
+    assert late.returncode == 1 and "agentpost result" in late.stderr, late.stderr
+    followed = re.search(r"agentpost result (\S+) --timeout", late.stderr)
+    assert followed is not None, late.stderr
+    # Ctrl-C on a waiting request exits 130 and prints the id it sent
+    waiting = subprocess.Popen(
+        [*AGENTPOST, "request", "echo", '{"q": 2}', "--timeout", "120"],
+        env={**os.environ, **backend.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def stored(n: int) -> bool:
+        stats = {a.name: a for a in client.agent_stats()}
+        return stats["echo"].counts.get("queued", 0) >= n
+
+    wait_for(lambda: stored(2), 60, "the second request to be stored")
+    waiting.send_signal(signal.SIGINT)
+    _, said = waiting.communicate(timeout=30)
+    assert waiting.returncode == 130 and "was sent" in said and "agentpost status" in said, said
+    # Once a worker serves echo, the short id printed gets the first reply
+    start_worker("--agents", "echo")
+    assert _json(backend, "result", followed.group(1), "--timeout", "30")["payload"] == {"q": 1}
+    # A correlation prefix that starts two chains lists both and exits 2, like a usage error
+    for chain in ("job-1", "job-2"):
+        client.send("echo", {"chain": chain}, sender="ops", correlation_id=chain)
+    ambiguous = agentpost_cli(backend, "trace", "job-")
+    assert ambiguous.returncode == 2, ambiguous.stderr
+    assert "job-1" in ambiguous.stderr and "job-2" in ambiguous.stderr
+    # and an id nothing starts with exits 1
+    missing = agentpost_cli(backend, "status", "0000zz")
+    assert missing.returncode == 1 and "no message '0000zz'" in missing.stderr
+    client.close()
+
+
 COMMANDS = [
     *[[c] for c in ("worker", "beat", "flower", "metrics", "demo", "send", "request")],
-    *[[c] for c in ("status", "trace", "agents", "serve", "audit")],
+    *[[c] for c in ("result", "status", "trace", "agents", "serve", "audit")],
     *[["db", c] for c in ("upgrade", "current")],
     *[["dlq", c] for c in ("list", "show", "redrive", "purge")],
     *[["keys", c] for c in ("create", "list", "revoke")],

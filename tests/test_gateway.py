@@ -276,6 +276,8 @@ def test_invoke_end_to_end_is_idempotent_and_times_out_with_the_message_id(
         with pytest.raises(RequestTimeout) as timed_out:
             a2a.invoke(slow)
         message_id = timed_out.value.message_id
+        # and says how to follow it over HTTP, not with a Python call
+        assert f"GET /v1/messages/{message_id}" in str(timed_out.value)
         done = wait_for(
             lambda: (s := a2a.status(message_id))["status"] == "delivered" and s, 30, "slow"
         )

@@ -31,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "AgentpostError",
+    "AmbiguousId",
     "BrokerUnavailable",
     "ConfigurationError",
     "DeadLettered",
@@ -71,6 +72,14 @@ class UnknownAgent(AgentpostError, LookupError):
 
 class MessageNotFound(AgentpostError, LookupError):
     """No message with that id (or not in a state the call needs)."""
+
+
+class AmbiguousId(AgentpostError, LookupError):
+    """A shortened id that more than one message's id starts with (``candidates``)."""
+
+    def __init__(self, message: str, *, candidates: list[str]) -> None:
+        super().__init__(message)
+        self.candidates = candidates
 
 
 class StoreUnavailable(AgentpostError, ConnectionError):

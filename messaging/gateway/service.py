@@ -127,7 +127,9 @@ class Gateway:
             )
         except RequestTimeout as exc:
             self.audit(sender, "invoke", "timeout", agent=agent, message_id=exc.message_id)
-            raise InvokeTimeout(str(exc), exc.message_id) from None
+            raise InvokeTimeout(
+                f"{exc}: follow it with GET /v1/messages/{exc.message_id}", exc.message_id
+            ) from None
         except RequestFailed as exc:
             self.audit(sender, "invoke", "failed", agent=agent, message_id=exc.message_id)
             return AgentInvocationResponse(
