@@ -65,7 +65,11 @@ def _load_modules(modules: list[str]) -> None:
         try:
             importlib.import_module(module)
         except ImportError as exc:
-            raise typer.BadParameter(f"cannot import agent module {module!r}: {exc}") from exc
+            hint = ""
+            if module.endswith(".py") or "/" in module:
+                dotted = module.removesuffix(".py").strip("/").replace("/", ".")
+                hint = f" (name the module as Python imports it: {dotted!r})"
+            raise typer.BadParameter(f"cannot import agent module {module!r}: {exc}{hint}") from exc
 
 
 @app.command()
@@ -87,10 +91,15 @@ def worker(
     known = registered_agents()
     wanted = [a.strip() for a in agents.split(",") if a.strip()] or sorted(known)
     unknown = [a for a in wanted if a not in known]
-    if unknown or not wanted:
+    if not known:
         raise typer.BadParameter(
-            f"unknown agent(s) {', '.join(unknown) or '(none found)'} "
-            f"(registered in {', '.join(modules)}: {', '.join(sorted(known)) or 'none'})"
+            f"no agents in {', '.join(settings.agent_modules)}: decorate a handler with "
+            '@agent("name") (from messaging import agent) in the module the worker imports'
+        )
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown agent(s) {', '.join(unknown)} "
+            f"(defined in {', '.join(settings.agent_modules)}: {', '.join(sorted(known))})"
         )
     with store_errors(settings.database):  # fail before Celery starts, saying what fixes it
         storage.create_schema(storage.engine_for(settings.database))

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import NAMESPACE_URL, uuid5
 
 from messaging.envelope import Envelope, Priority
-from wire.errors import DeliveryError
+from wire.errors import PermanentError
 
 if TYPE_CHECKING:
     from sqlmodel import Session
@@ -51,10 +51,11 @@ class Context:
         the message delivered: once, even across crashes and redeliveries.
 
         Raises:
-            DeliveryError: the message was not sent ``exactly-once``.
+            PermanentError: the message was not sent ``exactly-once`` (no retry can
+                change that: the message is dead at once, reason ``rejected``).
         """
         if self._session is None:
-            raise DeliveryError(
+            raise PermanentError(
                 f"ctx.session exists only for exactly-once messages; this one is "
                 f"{self.message.delivery}: send it with delivery='exactly-once'"
             )

@@ -72,7 +72,7 @@ def _priority(value: object) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 9:
         return value
     raise ValueError(
-        f"priority {value!r} is invalid: use low, normal, high, urgent or 0-9 (9 most urgent)"
+        f"{value!r} is not a priority: use low, normal, high, urgent or 0-9 (9 most urgent)"
     )
 
 

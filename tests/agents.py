@@ -105,6 +105,20 @@ def rejecter(msg: Envelope, ctx: Context) -> None:
     raise PermanentError("this message can never be handled")
 
 
+@agent("unencodable", max_retries=5)
+def unencodable(msg: Envelope, ctx: Context) -> Any:
+    """Replies with a set, which JSON has no form for."""
+    _record(msg, ctx, "run")
+    return {"tags": {"a", "b"}}
+
+
+@agent("needs_session", max_retries=5)
+def needs_session(msg: Envelope, ctx: Context) -> int:
+    """Writes through ctx.session, which only exactly-once messages have."""
+    _record(msg, ctx, "run")
+    return int(ctx.session.execute(text("SELECT 1")).scalar_one())
+
+
 @agent("gate", max_retries=0)
 def gate(msg: Envelope, ctx: Context) -> str:
     _record(msg, ctx, "run")

@@ -88,7 +88,7 @@ CASES: list[tuple[str, Callable[[Client], Any], type[Exception], str]] = [
         "bad priority",
         lambda c: c.send("echo", 1, sender="t", priority="asap"),
         InvalidEnvelope,
-        "priority 'asap' is invalid",
+        "priority: 'asap' is not a priority",
     ),
     (
         "bad ttl",

@@ -162,6 +162,25 @@ def test_permanent_error_dead_letters_without_retries(
     assert len(backend.runs("rejecter")) == 1
 
 
+def test_errors_no_retry_can_fix_are_dead_at_once_with_their_cause(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given agents that can never succeed: a reply JSON has no form for, and
+    # ctx.session used on an at-least-once message (retries up to 5 each)
+    start_worker("--agents", "unencodable,needs_session")
+    client = backend.client()
+    unencodable = client.send("unencodable", None, sender="tester").message_id
+    needs_session = client.send("needs_session", None, sender="tester").message_id
+    # Then each is dead after one attempt, reason rejected, the attempt saying why
+    state = wait_final(client, unencodable)
+    assert (state.status, state.dead_reason, state.attempts) == ("dead", "rejected", 1)
+    assert "reply is not JSON" in (state.attempt_log[0].error or ""), state.attempt_log
+    state = wait_final(client, needs_session)
+    assert (state.status, state.dead_reason, state.attempts) == ("dead", "rejected", 1)
+    assert "delivery='exactly-once'" in (state.attempt_log[0].error or ""), state.attempt_log
+    assert len(backend.runs("unencodable")) == len(backend.runs("needs_session")) == 1
+
+
 def test_same_idempotency_key_from_eight_processes(
     backend: Backend, start_worker: Callable[..., Worker]
 ) -> None:

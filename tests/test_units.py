@@ -45,7 +45,7 @@ def test_priorities_by_name_or_number() -> None:
     assert Envelope.build("b", sender="a", priority="urgent").priority == 9
     assert Envelope.build("b", sender="a", priority="low").priority == 2
     assert Envelope.build("b", sender="a", priority=0).priority == 0
-    with pytest.raises(InvalidEnvelope, match="priority 10 is invalid"):
+    with pytest.raises(InvalidEnvelope, match="priority: 10 is not a priority"):
         Envelope.build("b", sender="a", priority=10)
 
 

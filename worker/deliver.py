@@ -38,7 +38,7 @@ from messaging.sending import Sender
 from messaging.tracing import delivery_span
 from wire.brokers import profile_for
 from wire.encoding import dump_json
-from wire.errors import InvalidEnvelope
+from wire.errors import InvalidEnvelope, PermanentError
 from worker import logs
 from worker.eventloop import run_coroutine
 
@@ -163,8 +163,7 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
     ctx = Context(delivered, sender=core, worker=worker, session=session)
     try:
         try:
-            reply = _run(spec, delivered, ctx)
-            reply_json = None if reply is None else dump_json(reply)
+            reply_json = _encode_reply(_run(spec, delivered, ctx))
         except Exception as exc:
             if session is not None:
                 session.rollback()
@@ -173,6 +172,19 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
     finally:
         if session is not None:
             session.close()
+
+
+def _encode_reply(reply: Any) -> str | None:
+    """The reply's JSON; one JSON has no form for is an error no retry can fix."""
+    if reply is None:
+        return None
+    try:
+        return dump_json(reply)
+    except (TypeError, ValueError) as exc:
+        raise PermanentError(
+            f"the reply is not JSON ({exc}): return dicts, lists, strings, numbers, "
+            "booleans or None (a pydantic model: .model_dump(mode='json'))"
+        ) from exc
 
 
 def _expires(envelope: Envelope) -> float | None:
