@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from messaging import Context, Envelope, PermanentError, agent
 
@@ -157,6 +158,23 @@ async def asyncecho(msg: Envelope, ctx: Context) -> Any:
     _record(msg, ctx, "run")
     await asyncio.sleep(0.01)
     return {"async": msg.payload}
+
+
+class _OwnTables(DeclarativeBase):
+    """An agent's own tables (not the store's metadata: nothing ever creates them)."""
+
+
+class NeverCreated(_OwnTables):
+    __tablename__ = "test_never_created"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+@agent("unmade_table", max_retries=1, backoff_s=0.1)
+def unmade_table(msg: Envelope, ctx: Context) -> str:
+    """Adds an ORM row to a table nobody created: the error comes at the flush."""
+    _record(msg, ctx, "run")
+    ctx.session.add(NeverCreated(id=ctx.attempt))
+    return "added"
 
 
 @agent("ledger", max_retries=5)

@@ -181,6 +181,23 @@ def test_errors_no_retry_can_fix_are_dead_at_once_with_their_cause(
     assert len(backend.runs("unencodable")) == len(backend.runs("needs_session")) == 1
 
 
+def test_an_exactly_once_handler_whose_own_sql_fails_records_that_error(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given an exactly-once handler that adds a row to a table that was never created
+    start_worker("--agents", "unmade_table")
+    client = backend.client()
+    sent = client.send("unmade_table", None, sender="tester", delivery="exactly-once")
+    # Then each attempt fails with the database's own error, retried as the agent says,
+    # and the message is dead well inside one lease, not running until it expires
+    state = wait_final(client, sent.message_id, timeout_s=30)
+    assert (state.status, state.dead_reason, state.attempts) == ("dead", "exhausted", 2)
+    for attempt in state.attempt_log:
+        assert attempt.outcome != "lost" and "test_never_created" in (attempt.error or ""), (
+            state.attempt_log
+        )
+
+
 def test_same_idempotency_key_from_eight_processes(
     backend: Backend, start_worker: Callable[..., Worker]
 ) -> None:

@@ -20,6 +20,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 import storage
@@ -164,11 +165,13 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
     try:
         try:
             reply_json = _encode_reply(_run(spec, delivered, ctx))
+            if session is not None:
+                session.flush()  # the handler's own SQL fails here, as the handler's error
         except Exception as exc:
             if session is not None:
                 session.rollback()
             return _failed(attempt, policy, exc)
-        return _complete(attempt, session, reply_json)
+        return _complete(attempt, policy, session, reply_json)
     finally:
         if session is not None:
             session.close()
@@ -191,7 +194,9 @@ def _expires(envelope: Envelope) -> float | None:
     return envelope.expires_at.timestamp() if envelope.expires_at is not None else None
 
 
-def _complete(attempt: Attempt, session: Session | None, reply_json: str | None) -> DeliveryOutcome:
+def _complete(
+    attempt: Attempt, policy: RetryPolicy, session: Session | None, reply_json: str | None
+) -> DeliveryOutcome:
     done = attempt.complete(reply_json, on=session.connection() if session is not None else None)
     if session is not None:
         if not done:
@@ -200,7 +205,14 @@ def _complete(attempt: Attempt, session: Session | None, reply_json: str | None)
             return DeliveryOutcome(
                 "skipped", attempt.message_id, attempt.number, error="lease lost"
             )
-        session.commit()
+        try:
+            session.commit()
+        except SQLAlchemyError as exc:
+            # The handler's writes and the completion were refused together (a deferred
+            # constraint, a serialization failure): recorded as this attempt's failure,
+            # not left running until its lease expires.
+            session.rollback()
+            return _failed(attempt, policy, exc)
     return DeliveryOutcome("delivered", attempt.message_id, attempt.number)
 
 
