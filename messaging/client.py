@@ -20,6 +20,7 @@ from messaging.topics import fan_out, match_subscribers, validate_pattern, valid
 from wire.boundary import broker_errors
 from wire.errors import (
     AmbiguousId,
+    ConfigurationError,
     MessageNotFound,
     RequestFailed,
     RequestTimeout,
@@ -157,17 +158,30 @@ class Client(Sender):
         max_retries: int | None = None,
         backoff_s: float | None = None,
         backoff_max_s: float | None = None,
+        replace: bool = False,
     ) -> AgentInfo:
-        """Register a mailbox agent: it pulls its messages with ``client.mailbox(name)``."""
+        """Register a mailbox agent: it pulls its messages with ``client.mailbox(name)``.
+
+        Raises:
+            ConfigurationError: workers serve an agent of that name (its messages go to
+                their queue, and a mailbox would never see them); ``replace=True``
+                turns it into a mailbox all the same, once no worker serves it.
+        """
         validate_agent_name(name)
         with self._store():
-            storage.register_mailbox(
+            held_by = storage.register_mailbox(
                 self.engine,
                 name,
                 now=time.time(),
                 max_retries=max_retries,
                 backoff_s=backoff_s,
                 backoff_max_s=backoff_max_s,
+                replace=replace,
+            )
+        if held_by is not None:
+            raise ConfigurationError(
+                f"{name!r} is a {held_by} agent served by workers, not a mailbox: pick "
+                "another name, or register(..., replace=True) once no worker serves it"
             )
         return next(a for a in self.agents() if a.name == name)
 

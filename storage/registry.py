@@ -64,10 +64,18 @@ def register_mailbox(
     max_retries: int | None,
     backoff_s: float | None,
     backoff_max_s: float | None,
-) -> None:
-    """Upsert a mailbox agent with its retry options."""
+    replace: bool = False,
+) -> str | None:
+    """Upsert a mailbox agent with its retry options.
+
+    Returns the kind of agent that holds the name instead (``"handler"``: workers
+    serve it), leaving it as it is, unless ``replace``; ``None`` once registered.
+    """
     options = {"max_retries": max_retries, "backoff_s": backoff_s, "backoff_max_s": backoff_max_s}
     with engine.begin() as conn:
+        kind = conn.execute(select(AGENTS.c.kind).where(AGENTS.c.name == name)).scalar()
+        if kind is not None and kind != "mailbox" and not replace:
+            return str(kind)
         stmt = dialect_insert(conn)(AGENTS).values(
             name=name,
             kind="mailbox",
@@ -82,6 +90,7 @@ def register_mailbox(
                 set_={"kind": "mailbox", "queue": "store", "last_seen_at": now, **options},
             )
         )
+    return None
 
 
 def subscribe(engine: Engine, agent: str, pattern: str, *, now: float) -> bool:

@@ -18,6 +18,7 @@ from sqlalchemy import text
 import storage
 from messaging import (
     AsyncClient,
+    ConfigurationError,
     Context,
     DeliveryError,
     Envelope,
@@ -30,6 +31,22 @@ from messaging import (
 from tests.conftest import ROOT, Backend, Worker, wait_final, wait_for
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("backend", ["embedded", "redis"], indirect=True)
+def test_a_mailbox_cannot_take_the_name_of_an_agent_workers_serve(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given workers serving echo
+    start_worker("--agents", "echo")
+    client = backend.client()
+    # When a process registers a mailbox of that name, it is refused, saying why
+    with pytest.raises(ConfigurationError, match="served by workers"):
+        client.register("echo")
+    # and echo stays the workers': a request to it is answered
+    assert {a.name: a.kind for a in client.agents()}["echo"] == "handler"
+    assert client.request("echo", {"q": 1}, sender="t", timeout_s=30).payload == {"q": 1}
+    client.close()
 
 
 def test_mailbox_receive_ack_nack_peek_and_priority_order(backend: Backend) -> None:
