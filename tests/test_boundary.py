@@ -7,6 +7,8 @@ database, a broker that does not answer) on the client and the mailbox alike.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from messaging import (
     Settings,
     StoreUnavailable,
 )
-from tests.conftest import free_port
+from tests.conftest import AGENTPOST, free_port
 from wire import broker_errors, inbox_name, store_errors
 
 DATABASE = "postgresql+psycopg://agentpost:s3cret@db.example:5432/agentpost"
@@ -148,3 +150,47 @@ def test_a_best_effort_send_to_a_broker_that_does_not_answer_is_broker_unavailab
     # An at-least-once one is accepted all the same: stored, published by the sweeper later
     assert client.send("echo", 2, sender="t").status == "queued"
     client.close()
+
+
+def test_a_store_error_names_the_database_s_cause_never_the_statement() -> None:
+    error = OperationalError(
+        "INSERT INTO agentpost_messages VALUES (%(payload)s)",
+        {"payload": "secret payload"},
+        Exception('connection to server failed: FATAL:  database "nope" does not exist\nDETAIL'),
+    )
+    with pytest.raises(StoreUnavailable) as info, store_errors(DATABASE):
+        raise error
+    said = str(info.value)
+    assert 'OperationalError: connection to server failed: FATAL:  database "nope"' in said
+    assert "secret payload" not in said and "INSERT" not in said and "DETAIL" not in said
+
+
+def test_a_missing_database_and_an_unwritable_home_are_one_line_naming_them() -> None:
+    runs = {
+        "a missing database": {
+            "AGENTPOST_DATABASE_URL": "sqlite:////proc/agentpost-nope/store.db",
+            "needle": "cannot be opened (No such file or directory: /proc/agentpost-nope)",
+        },
+        "an unwritable home": {
+            "AGENTPOST_HOME": "/proc/agentpost-nope",
+            "needle": "/proc/agentpost-nope",
+        },
+    }
+    if database := os.environ.get("AGENTPOST_TEST_DATABASE_URL"):
+        runs["a PostgreSQL database that does not exist"] = {
+            "AGENTPOST_DATABASE_URL": database.rsplit("/", 1)[0] + "/agentpost_never_created",
+            "needle": 'database "agentpost_never_created" does not exist',
+        }
+    for what, run in runs.items():
+        needle = run.pop("needle")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOST_")}
+        done = subprocess.run(
+            [*AGENTPOST, "agents"],
+            env={**env, **run},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 3, (what, done.stderr)
+        assert needle in done.stderr and "Traceback" not in done.stderr, (what, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, (what, done.stderr)

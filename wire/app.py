@@ -14,6 +14,7 @@ from typing import Any
 from celery import Celery
 
 from wire.brokers import profile_for
+from wire.errors import ConfigurationError
 from wire.queues import SWEEP_TASK, AgentpostAMQP, sweeper_queue
 from wire.settings import Settings
 
@@ -52,7 +53,13 @@ class AgentpostCelery(Celery):
 def create_app(settings: Settings | None = None) -> AgentpostCelery:
     """Build the Celery app for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
-    settings.home.mkdir(parents=True, exist_ok=True)  # beat schedule, embedded broker
+    try:
+        settings.home.mkdir(parents=True, exist_ok=True)  # beat schedule, embedded broker
+    except OSError as exc:
+        raise ConfigurationError(
+            f"AGENTPOST_HOME {settings.home} cannot be created ({exc.strerror}): "
+            "point it at a folder this process can write"
+        ) from exc
     profile = profile_for(settings.broker)
     app = AgentpostCelery(settings)
     app.conf.update(

@@ -76,8 +76,22 @@ def store_errors(database_url: str) -> Iterator[None]:
         raise
     except SQLAlchemyError as exc:
         raise StoreUnavailable(
-            f"the store at {safe_database_url(database_url)} failed: {type(exc).__name__}"
+            f"the store at {safe_database_url(database_url)} failed: {_cause(exc)}"
         ) from exc
+    except OSError as exc:  # a SQLite store's folder that cannot be made
+        raise StoreUnavailable(
+            f"the store at {safe_database_url(database_url)} cannot be opened "
+            f"({exc.strerror}: {exc.filename}): point AGENTPOST_DATABASE_URL or "
+            "AGENTPOST_HOME at a folder this process can write"
+        ) from exc
+
+
+def _cause(exc: SQLAlchemyError) -> str:
+    """The database's own first line (never the statement or its parameters, which
+    SQLAlchemy's message carries: they may hold payloads)."""
+    orig = getattr(exc, "orig", None)
+    first = str(orig).strip().splitlines()[0][:300] if orig is not None and str(orig) else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 @contextmanager
