@@ -126,13 +126,13 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """The reply of a message, waiting up to --timeout (exit 1 on timeout or dead)."""
-        with Client() as client:
+        with Client(create_store=False) as client:
             _print_reply(client, client.complete_id(message_id), timeout, as_json)
 
     @app.command()
     def status(message_id: str, as_json: JsonOpt = False) -> None:
         """A message's status, reply or error, and every attempt (any unique id prefix)."""
-        with Client() as client:
+        with Client(create_store=False) as client:
             state = client.status(client.complete_id(message_id))
         emit(state, as_json, chain_tree([state]))
 
@@ -143,7 +143,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """A correlation chain as a tree, with statuses, attempts and timings."""
-        with Client() as client:
+        with Client(create_store=False) as client:
             states = client.trace(client.complete_id(correlation_id, correlation=True))
         if mermaid:
             typer.echo(mermaid_sequence(states))
@@ -153,7 +153,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def agents(as_json: JsonOpt = False) -> None:
         """Registered agents with queue depth, consumers online and message counts."""
-        with Client() as client:
+        with Client(create_store=False) as client:
             stats = client.agent_stats()
         table = Table(
             "agent", "kind", "queue depth", "consumers", "queued", "delivered", "retrying", "dead"
@@ -185,7 +185,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Dead letters, newest first."""
-        with Client() as client:
+        with Client(create_store=False) as client:
             states = client.dead_letters(
                 receiver=agent, reason=reason, since=parse_since(since), limit=limit
             )
@@ -194,7 +194,7 @@ def register(app: typer.Typer) -> None:
     @dlq.command("show")
     def dlq_show(message_id: str, as_json: JsonOpt = False) -> None:
         """One dead letter: payload, and the error and traceback of every attempt."""
-        with Client() as client:
+        with Client(create_store=False) as client:
             state = client.status(client.complete_id(message_id))
         if as_json:
             emit(state, True)

@@ -39,6 +39,9 @@ class Client(Sender):
         settings: explicit settings; by default read from ``AGENTPOST_*``.
         broker_url: shorthand to override the broker of ``settings``.
         database_url: shorthand to override the database of ``settings``.
+        create_store: bring an empty database to the newest schema (the default); with
+            False an empty or foreign database raises ``ConfigurationError`` and is
+            left as it is (the CLI's read-only commands).
     """
 
     def status(self, message_id: str) -> MessageState:

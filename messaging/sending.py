@@ -26,8 +26,8 @@ from messaging.outbox import Background, HandedMarks
 from messaging.results import SendResult
 from messaging.tracing import current_context
 from wire.app import AgentpostCelery, create_app
-from wire.boundary import broker_errors, store_errors
-from wire.errors import BrokerUnavailable, InvalidEnvelope, UnknownAgent
+from wire.boundary import broker_errors, safe_database_url, store_errors
+from wire.errors import BrokerUnavailable, ConfigurationError, InvalidEnvelope, UnknownAgent
 from wire.publish import DeliveryTask, publish_deliveries, summary_of
 from wire.settings import Settings
 
@@ -52,6 +52,7 @@ class Sender:
         broker_url: str | None = None,
         database_url: str | None = None,
         app: AgentpostCelery | None = None,
+        create_store: bool = True,
     ) -> None:
         overrides = {
             key: value
@@ -72,7 +73,15 @@ class Sender:
             self._publish, name="agentpost-publish", linger_s=0
         )
         with self._store():
-            storage.create_schema(self.engine)
+            if create_store:
+                storage.create_schema(self.engine)
+            elif not storage.has_store(self.settings.database):
+                # A read-only caller (the CLI's inspecting commands) changes nothing.
+                raise ConfigurationError(
+                    f"no agentpost store at {safe_database_url(self.settings.database)}: "
+                    "is AGENTPOST_DATABASE_URL (or AGENTPOST_HOME) the deployment's? "
+                    "A worker or a send creates it; so does `agentpost db upgrade`"
+                )
 
     @property
     def engine(self) -> Engine:

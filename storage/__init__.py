@@ -14,7 +14,7 @@ from storage.engine import dispose_engines, engine_for
 from storage.epochs import broker_epoch, swap_broker_epoch
 from storage.journal import begin_sweep, end_sweep
 from storage.locks import sweep_lock
-from storage.migrate import SchemaBehind, current_revision, head_revision, upgrade
+from storage.migrate import SchemaBehind, current_revision, has_store, head_revision, upgrade
 from storage.notify import Watch, watch_finished
 from storage.queries import (
     ReplyState,
@@ -102,6 +102,7 @@ __all__ = [
     "find_agent",
     "find_key",
     "get_message",
+    "has_store",
     "head_revision",
     "ids_starting",
     "insert_messages",

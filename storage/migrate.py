@@ -16,9 +16,18 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
-__all__ = ["SchemaBehind", "current_revision", "ensure_schema", "head_revision", "upgrade"]
+__all__ = [
+    "SchemaBehind",
+    "current_revision",
+    "ensure_schema",
+    "has_store",
+    "head_revision",
+    "upgrade",
+]
 
 VERSION_TABLE = "agentpost_alembic_version"
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -77,6 +86,22 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
     current = current_revision(engine)
     assert current is not None
     return current
+
+
+def has_store(url: str) -> bool:
+    """Whether the database at ``url`` holds agentpost's tables, changing nothing (a
+    SQLite file that does not exist is not created to find out)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:" and not Path(database).is_file():
+            return False
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return bool(inspect(conn).has_table(_FIRST_TABLE))
+    finally:
+        engine.dispose()
 
 
 def ensure_schema(engine: Engine) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import storage
 from tests.conftest import (
     AGENTPOST,
     Backend,
@@ -129,6 +130,19 @@ def test_short_ids_exit_codes_and_an_interrupted_request(
     missing = agentpost_cli(backend, "status", "0000zz")
     assert missing.returncode == 1 and "no message '0000zz'" in missing.stderr
     client.close()
+
+
+@pytest.mark.parametrize("backend", ["embedded", "redis"], indirect=True)
+def test_read_only_commands_on_an_empty_store_say_so_and_change_nothing(
+    backend: Backend,
+) -> None:
+    # Given a database nobody has used (a fresh PostgreSQL database, no SQLite file)
+    for words in (["agents"], ["status", "0f3a"], ["dlq", "list"], ["trace", "chain-1"]):
+        done = agentpost_cli(backend, *words)
+        # Then each says there is no store there, exit 2, and creates nothing
+        assert done.returncode == 2 and "no agentpost store" in done.stderr, (words, done)
+    assert not storage.has_store(backend.settings.database)
+    assert not list(backend.settings.home.rglob("*.db"))
 
 
 COMMANDS = [
