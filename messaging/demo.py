@@ -9,6 +9,7 @@ recorded, stops the worker and exits 0 when everything ended as expected.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -107,6 +108,7 @@ def run_demo(home: Path, *, timeout_s: float = 120.0) -> int:
             and dead.dead_reason == "exhausted"
         )
         console.print("[green]demo ok[/]" if ok else "[red]demo: unexpected outcome[/]")
+        _next_steps(console, settings.home, chain.message_id, poison.message_id)
         return 0 if ok else 1
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -116,6 +118,38 @@ def run_demo(home: Path, *, timeout_s: float = 120.0) -> int:
             worker.kill()
             worker.wait()
         console.print(f"worker stopped (exit {worker.returncode})")
+
+
+def _next_steps(console: Console, home: Path, chain_id: str, poison_id: str) -> None:
+    """Commands to look around the demo's store, runnable as printed from here."""
+    prefix = f"AGENTPOST_HOME={shlex.quote(_shown(home))} {_command()}"
+    console.print("\nlook around what the demo left (it is wiped at the next run):")
+    for args, what in (
+        (f"trace {chain_id[:8]}", "the chain, every attempt"),
+        (f"trace {chain_id[:8]} --mermaid", "as a sequence diagram"),
+        (f"dlq show {poison_id[:8]}", "the dead letter and its tracebacks"),
+        (f"status {chain_id[:8]} --json", "one message, for scripts"),
+        ("agents", "the agents and their counts"),
+    ):
+        console.print(f"  {prefix} {args}", style="bold", highlight=False, soft_wrap=True)
+        console.print(f"      # {what}", style="dim", highlight=False)
+
+
+def _command() -> str:
+    """How this process was started as the ``agentpost`` command (or the module)."""
+    launched = Path(sys.argv[0])
+    if launched.name == "agentpost" and launched.exists():
+        return shlex.quote(_shown(launched))
+    return f"{shlex.quote(_shown(Path(sys.executable)))} -m messaging.cli"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder when it is inside it."""
+    resolved = path.resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd()))
+    except ValueError:
+        return str(resolved)
 
 
 def _wait(condition: object, timeout_s: float, what: str) -> None:

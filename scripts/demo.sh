@@ -3,7 +3,5 @@
 # the embedded default (filesystem broker + SQLite under ./.agentpost/demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e .
+scripts/ensure_venv.sh        # installs only when pyproject.toml changed
 exec .venv/bin/agentpost demo "$@"

@@ -4,9 +4,7 @@
 # variants run when their AGENTPOST_TEST_* URLs are set, as .ci/run sets them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+scripts/ensure_venv.sh "[dev]"  # installs only when pyproject.toml changed
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

@@ -15,6 +15,7 @@ import pytest
 import storage
 from tests.conftest import (
     AGENTPOST,
+    ROOT,
     Backend,
     Worker,
     agentpost_cli,
@@ -188,3 +189,15 @@ def test_demo_runs_on_the_embedded_default(backend: Backend) -> None:
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "demo ok" in done.stdout and "exhausted" in done.stdout
     assert (home / "store.db").exists()
+    # The next steps it prints run as printed, from where it was started
+    steps = [
+        line.strip() for line in done.stdout.splitlines() if line.strip().startswith("AGENTPOST_")
+    ]
+    assert len(steps) == 5, done.stdout
+    runs = [
+        subprocess.run(step, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        for step in steps
+    ]
+    for step, ran in zip(steps, runs, strict=True):
+        assert ran.returncode == 0, (step, ran.stdout[-2000:], ran.stderr[-2000:])
+    assert "demo → researcher" in runs[0].stdout and "exhausted" in runs[2].stdout
