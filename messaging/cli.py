@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -122,6 +123,11 @@ def worker(
     ]
     if beat:
         argv += ["-B", "-s", str(settings.home / "beat-schedule")]
+    if settings.log_format == "json":
+        # Only JSON lines (worker/logs.py): no banner, and warnings go through the logs
+        # from the start (Celery's about running as root comes before its log set-up).
+        argv = ["--quiet", *argv]
+        logging.captureWarnings(True)
     celery_app.worker_main(argv)
 
 

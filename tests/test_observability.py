@@ -59,6 +59,12 @@ def test_json_logs_carry_the_delivery_fields(
     # and the handler's own logging carries them too
     [own] = [r for r in _json_lines(worker.log.read_text()) if r.get("message") == "echo handled"]
     assert (own["message_id"], own["attempt"]) == (echoed.message_id, 1)
+    # and, stopped, the worker wrote nothing but JSON lines (no banner, no plain warning,
+    # no shutdown notice), so its output can be piped to jq
+    worker.stop()
+    text = worker.log.read_text()
+    assert all(line.startswith("{") for line in text.splitlines() if line.strip()), text[:4000]
+    assert any("shutdown" in r["message"] for r in _json_lines(text)), text[-2000:]
 
 
 @pytest.fixture(scope="module")

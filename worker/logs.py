@@ -9,14 +9,26 @@ onto each record (ours, Celery's retry/failure lines, and the handler's own logg
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
+import sys
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
+from celery.apps import worker as celery_worker
 from pythonjsonlogger.json import JsonFormatter
 
-__all__ = ["DELIVERY_FIELDS", "DeliveryFields", "configure_handlers", "delivery_context", "note"]
+__all__ = [
+    "DELIVERY_FIELDS",
+    "DeliveryFields",
+    "configure_handlers",
+    "delivery_context",
+    "json_only",
+    "note",
+]
 
 DELIVERY_FIELDS = ("message_id", "correlation_id", "sender", "receiver", "attempt")
 
@@ -72,3 +84,20 @@ def configure_handlers(logger: logging.Logger, log_format: str) -> None:
                     rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
                 )
             )
+
+
+def json_only() -> None:
+    """What a JSON-logging worker prints besides its logs, as JSON lines too: Python's
+    warnings through the logs, and the lines Celery's shutdown handlers write straight
+    to a stream (``celery.apps.worker.safe_say``)."""
+    logging.captureWarnings(True)
+    patched: Any = celery_worker  # the stubs do not declare safe_say
+    patched.safe_say = _say_json
+
+
+def _say_json(msg: str, f: Any = sys.__stderr__) -> None:
+    # Called from signal handlers: one os.write, no logging locks (as Celery's own).
+    line = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "level": "WARNING"}
+    line |= {"logger": "celery.apps.worker", "message": msg}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.write(f.fileno(), (json.dumps(line) + "\n").encode())

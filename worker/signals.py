@@ -58,6 +58,8 @@ def connect(app: AgentpostCelery) -> None:
     def on_logging(logger: logging.Logger | None = None, **_: Any) -> None:
         if logger is not None:
             logs.configure_handlers(logger, app.settings.log_format)
+        if app.settings.log_format == "json":
+            logs.json_only()
 
     signals.after_setup_logger.connect(on_logging, weak=False)
     signals.after_setup_task_logger.connect(on_logging, weak=False)
