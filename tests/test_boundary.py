@@ -185,7 +185,7 @@ def test_a_missing_database_and_an_unwritable_home_are_one_line_naming_them() ->
         needle = run.pop("needle")
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOST_")}
         done = subprocess.run(
-            [*AGENTPOST, "agents"],
+            [*AGENTPOST, "send", "echo", "{}"],  # a command that would create the store
             env={**env, **run},
             capture_output=True,
             text=True,
