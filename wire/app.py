@@ -18,7 +18,13 @@ from wire.errors import ConfigurationError
 from wire.queues import SWEEP_TASK, AgentpostAMQP, sweeper_queue
 from wire.settings import Settings
 
-__all__ = ["WORKER_MODULES", "AgentpostCelery", "create_app", "final_backend_url"]
+__all__ = [
+    "SOFT_TIME_LIMIT_SHARE",
+    "WORKER_MODULES",
+    "AgentpostCelery",
+    "create_app",
+    "final_backend_url",
+]
 
 # Imported by Celery in worker processes only (the deliver and sweep tasks, the hooks).
 WORKER_MODULES = ("worker.tasks", "worker.signals")
@@ -48,6 +54,9 @@ class AgentpostCelery(Celery):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
         super().__init__("agentpost", amqp=AgentpostAMQP, include=list(WORKER_MODULES), **kwargs)
+
+
+SOFT_TIME_LIMIT_SHARE = 0.9  # of the lease: a handler still running then has timed out
 
 
 def create_app(settings: Settings | None = None) -> AgentpostCelery:
@@ -87,7 +96,10 @@ def create_app(settings: Settings | None = None) -> AgentpostCelery:
         worker_hijack_root_logger=False,
         task_default_queue=f"{settings.namespace}agentpost.default",
         task_queues=(sweeper_queue(settings),),
-        # A handler must not outlive its lease, or a sweeper could start a second copy.
+        # A handler must not outlive its lease, or a sweeper could start a second copy:
+        # at 90 % of it the handler is interrupted (its attempt recorded timed-out and
+        # retried), at the lease its process is killed (prefork; threads have neither).
+        task_soft_time_limit=settings.lease_s * SOFT_TIME_LIMIT_SHARE,
         task_time_limit=settings.lease_s,
         timezone="UTC",
         enable_utc=True,

@@ -20,6 +20,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from celery import current_app
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
@@ -37,6 +39,7 @@ from messaging.lifecycle import (
 )
 from messaging.sending import Sender
 from messaging.tracing import delivery_span
+from wire.app import SOFT_TIME_LIMIT_SHARE
 from wire.brokers import profile_for
 from wire.encoding import dump_json
 from wire.errors import InvalidEnvelope, PermanentError
@@ -219,6 +222,12 @@ def _complete(
 def _failed(attempt: Attempt, policy: RetryPolicy, exc: Exception) -> DeliveryOutcome:
     """A handler error: dead at once if it can never succeed, else the policy decides."""
     error, tb = _describe(exc), traceback.format_exc()
+    if isinstance(exc, SoftTimeLimitExceeded):
+        limit = current_app.conf.task_soft_time_limit
+        error = (
+            f"timed-out: the handler ran past its time limit ({limit:g} s: "
+            f"{SOFT_TIME_LIMIT_SHARE:.0%} of AGENTPOST_LEASE_S)"
+        )
     if can_never_succeed(exc):
         return _dead(attempt, reason="rejected", error=error, tb=tb)
     failure = attempt.failed(policy, error=error, traceback=tb)
