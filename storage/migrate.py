@@ -11,11 +11,8 @@ from __future__ import annotations
 import logging
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
@@ -28,6 +25,12 @@ __all__ = [
     "head_revision",
     "upgrade",
 ]
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported where it is used: a process that only reads the store (the CLI's
+# inspecting commands) never loads it.
 
 VERSION_TABLE = "agentpost_alembic_version"
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -47,6 +50,8 @@ class SchemaBehind(RuntimeError):
 
 
 def _config() -> Config:
+    from alembic.config import Config  # noqa: PLC0415  (see the imports)
+
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     return config
@@ -55,6 +60,8 @@ def _config() -> Config:
 @cache  # the scripts ship with the code: parse them once per process
 def head_revision() -> str:
     """The newest revision this code ships."""
+    from alembic.script import ScriptDirectory  # noqa: PLC0415  (see the imports)
+
     head = ScriptDirectory.from_config(_config()).get_current_head()
     assert head is not None
     return head
@@ -62,6 +69,8 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the store is at (``None``: no migrations table)."""
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415  (see the imports)
+
     # Every process checks once; Alembic's INFO lines about its DDL mode are noise there.
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     with engine.connect() as conn:
@@ -75,6 +84,9 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
     A store created before migrations existed (tables, no version) is stamped at
     the first revision, whose tables it already has, then upgraded.
     """
+    from alembic import command  # noqa: PLC0415  (see the imports)
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
+
     config = _config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn

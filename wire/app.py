@@ -56,7 +56,9 @@ class AgentpostCelery(Celery):
         super().__init__("agentpost", amqp=AgentpostAMQP, include=list(WORKER_MODULES), **kwargs)
 
 
-SOFT_TIME_LIMIT_SHARE = 0.9  # of the lease: a handler still running then has timed out
+# Of the lease: a handler still running then has timed out. The rest of the lease is
+# the time to record that before a sweeper would take the attempt for a lost worker.
+SOFT_TIME_LIMIT_SHARE = 0.8
 
 
 def create_app(settings: Settings | None = None) -> AgentpostCelery:
@@ -97,7 +99,7 @@ def create_app(settings: Settings | None = None) -> AgentpostCelery:
         task_default_queue=f"{settings.namespace}agentpost.default",
         task_queues=(sweeper_queue(settings),),
         # A handler must not outlive its lease, or a sweeper could start a second copy:
-        # at 90 % of it the handler is interrupted (its attempt recorded timed-out and
+        # at 80 % of it the handler is interrupted (its attempt recorded timed-out and
         # retried), at the lease its process is killed (prefork; threads have neither).
         task_soft_time_limit=settings.lease_s * SOFT_TIME_LIMIT_SHARE,
         task_time_limit=settings.lease_s,
