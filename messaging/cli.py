@@ -11,15 +11,7 @@ from typing import Annotated
 
 import typer
 
-import storage
 from messaging import cli_gateway, cli_ops
-from messaging.agents import registered_agents
-from messaging.client import Client
-from messaging.demo import run_demo
-from messaging.flower import run_flower
-from messaging.metrics import serve_metrics
-from wire.app import create_app
-from wire.boundary import safe_database_url, store_errors
 from wire.errors import (
     AgentpostError,
     AmbiguousId,
@@ -31,8 +23,10 @@ from wire.errors import (
     RequestTimeout,
     UnknownAgent,
 )
-from wire.queues import inbox_name, sweeper_queue
-from wire.settings import Settings
+
+# Each command imports what it needs when it runs (ruff's PLC0415 is off for the CLI
+# modules): `agentpost --help` and the inspecting commands start without Celery, the
+# store's ORM or the gateway.
 
 __all__ = ["app", "main"]
 
@@ -86,6 +80,13 @@ def worker(
     hostname: Annotated[str, typer.Option(help="Celery node name.")] = "",
 ) -> None:
     """Start a Celery worker serving the inboxes (agent.<name>) of these agents."""
+    import storage
+    from messaging.agents import registered_agents
+    from wire.app import create_app
+    from wire.boundary import store_errors
+    from wire.queues import inbox_name, sweeper_queue
+    from wire.settings import Settings
+
     env = Settings()
     settings = Settings(**{**env.model_dump(), "agent_modules": [*env.agent_modules, *modules]})
     _load_modules(settings.agent_modules)
@@ -140,6 +141,10 @@ def db_upgrade(
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
 ) -> None:
     """Apply the store's migrations (AGENTPOST_DATABASE_URL) up to REVISION."""
+    import storage
+    from wire.boundary import safe_database_url, store_errors
+    from wire.settings import Settings
+
     settings = Settings()
     with store_errors(settings.database):
         reached = storage.upgrade(storage.engine_for(settings.database), revision)
@@ -149,6 +154,10 @@ def db_upgrade(
 @db_app.command("current")
 def db_current() -> None:
     """Print the store's revision and the one this agentpost needs."""
+    import storage
+    from wire.boundary import store_errors
+    from wire.settings import Settings
+
     settings = Settings()
     with store_errors(settings.database):
         current = storage.current_revision(storage.engine_for(settings.database))
@@ -160,6 +169,9 @@ def db_current() -> None:
 @app.command()
 def beat(loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO") -> None:
     """Run the sweeper schedule (Celery beat); run exactly one per deployment."""
+    from wire.app import create_app
+    from wire.settings import Settings
+
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     create_app(settings).start(["beat", "-s", str(settings.home / "beat-schedule"), "-l", loglevel])
@@ -174,6 +186,10 @@ def flower(
     ] = False,
 ) -> None:
     """Run Flower on the same broker, with basic auth from AGENTPOST_FLOWER_BASIC_AUTH."""
+    from messaging.flower import run_flower
+    from wire.app import create_app
+    from wire.settings import Settings
+
     run_flower(create_app(Settings()), port=port, address=address, unauthenticated=unauthenticated)
 
 
@@ -189,6 +205,10 @@ def metrics(
     ] = False,
 ) -> None:
     """Serve Prometheus metrics at /metrics (bearer token from AGENTPOST_METRICS_TOKEN)."""
+    from messaging.client import Client
+    from messaging.metrics import serve_metrics
+    from wire.settings import Settings
+
     settings = Settings()
     token = settings.metrics_token.get_secret_value()
     if not token and not unauthenticated:
@@ -208,6 +228,8 @@ def demo(
     ),
 ) -> None:
     """Run the demo on the embedded default: a worker, a correlated chain, a dead letter."""
+    from messaging.demo import run_demo
+
     raise typer.Exit(run_demo(home))
 
 

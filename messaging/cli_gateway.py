@@ -5,17 +5,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
-from sqlalchemy import Engine
 
-import storage
 from messaging.cli_ops import JsonOpt, emit, parse_since
-from messaging.gateway.auth import OPERATIONS, check_gateway_settings, create_api_key
-from wire.boundary import store_errors
-from wire.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from wire.settings import Settings
+
+# What keys may do (messaging.gateway.auth.OPERATIONS, which a test holds this to; not
+# imported here, so that the CLI starts without the gateway's modules).
+OPERATIONS_HELP = "Comma-separated operations: invoke, send, read, redrive."
 
 __all__ = ["register"]
 
@@ -24,8 +28,17 @@ def _when(epoch: float | None) -> str:
     return "" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _settings() -> Settings:
+    from wire.settings import Settings
+
+    return Settings()
+
+
 @contextmanager
 def _store(settings: Settings) -> Iterator[Engine]:
+    import storage
+    from wire.boundary import store_errors
+
     # The store boundary: a database that fails is one line (StoreUnavailable), not a trace.
     with store_errors(settings.database):
         engine = storage.engine_for(settings.database)
@@ -45,9 +58,11 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[int, typer.Option(min=1, help="Server processes.")] = 1,
     ) -> None:
         """Serve the HTTP gateway (OpenAPI at /openapi.json, A2A under /a2a/AGENT)."""
-        import uvicorn  # noqa: PLC0415  (only this command needs the server)
+        import uvicorn
 
-        check_gateway_settings(Settings())  # refuse before binding the port
+        from messaging.gateway.auth import check_gateway_settings
+
+        check_gateway_settings(_settings())  # refuse before binding the port
         uvicorn.run(
             "messaging.gateway.app:create_gateway",
             factory=True,
@@ -62,13 +77,13 @@ def register(app: typer.Typer) -> None:
     def keys_create(
         subject: Annotated[str, typer.Argument(help="The caller; it becomes the sender.")],
         agents: Annotated[str, typer.Option(help="Comma-separated agents it may call, or '*'.")],
-        ops: Annotated[
-            str, typer.Option(help=f"Comma-separated operations: {', '.join(OPERATIONS)}.")
-        ] = "invoke,send,read",
+        ops: Annotated[str, typer.Option(help=OPERATIONS_HELP)] = "invoke,send,read",
         as_json: JsonOpt = False,
     ) -> None:
         """Create a key and print it ONCE (only its digest is stored)."""
-        settings = Settings()
+        from messaging.gateway.auth import create_api_key
+
+        settings = _settings()
         with _store(settings) as engine:
             row, key = create_api_key(
                 engine,
@@ -91,7 +106,9 @@ def register(app: typer.Typer) -> None:
     @keys.command("list")
     def keys_list(as_json: JsonOpt = False) -> None:
         """Every key: id, subject, grants, created, revoked (never the key or digest)."""
-        with _store(Settings()) as engine:
+        import storage
+
+        with _store(_settings()) as engine:
             rows = storage.list_keys(engine)
         data = [
             {
@@ -116,9 +133,11 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Revoke a key by id, or every key of a subject."""
+        import storage
+
         if (key_id is None) == (subject is None):
             raise typer.BadParameter("give a KEY_ID or --subject")
-        with _store(Settings()) as engine:
+        with _store(_settings()) as engine:
             count = storage.revoke_keys(
                 engine, key_id=key_id, subject=subject, now=datetime.now(UTC).timestamp()
             )
@@ -138,7 +157,9 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Who did what through the gateway, newest first (refusals included)."""
-        with _store(Settings()) as engine:
+        import storage
+
+        with _store(_settings()) as engine:
             rows = storage.audit_entries(
                 engine,
                 subject=subject,

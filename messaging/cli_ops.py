@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from messaging.client import Client
-from messaging.render import chain_tree, dead_letter_panel, mermaid_sequence
-from messaging.results import MessageState
 from wire.errors import RequestTimeout
+
+if TYPE_CHECKING:
+    from messaging.client import Client
+    from messaging.results import MessageState
 
 __all__ = ["JsonOpt", "emit", "parse_since", "register"]
 
@@ -23,15 +23,21 @@ console = Console()
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
+def _client(*, create_store: bool = True) -> Client:
+    """A client from the environment (imported here: start-up time, see cli.py)."""
+    from messaging.client import Client
+
+    return Client(create_store=create_store)
+
+
+def _dump(value: Any) -> Any:
+    # A pydantic model (checked by its method: pydantic is not imported for --help).
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
 def emit(value: Any, as_json: bool, render: Any = None) -> None:
     if as_json:
-        data = (
-            [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
-            if isinstance(value, list)
-            else value.model_dump(mode="json")
-            if isinstance(value, BaseModel)
-            else value
-        )
+        data = [_dump(v) for v in value] if isinstance(value, list) else _dump(value)
         typer.echo(json.dumps(data, indent=2, default=str))
     else:
         console.print(render if render is not None else value)
@@ -89,7 +95,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Send one message (at-least-once) and print its id."""
-        with Client() as client:
+        with _client() as client:
             prio: Any = int(priority) if priority.isdigit() else priority
             result = client.send(
                 receiver,
@@ -115,7 +121,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Send a message and print its reply (exit 1 on timeout or dead, 130 on Ctrl-C)."""
-        with Client() as client:
+        with _client() as client:
             sent = client.send(receiver, _payload(payload), sender=sender)
             _print_reply(client, sent.message_id, timeout, as_json)
 
@@ -126,14 +132,16 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """The reply of a message, waiting up to --timeout (exit 1 on timeout or dead)."""
-        with Client(create_store=False) as client:
+        with _client(create_store=False) as client:
             _print_reply(client, client.complete_id(message_id), timeout, as_json)
 
     @app.command()
     def status(message_id: str, as_json: JsonOpt = False) -> None:
         """A message's status, reply or error, and every attempt (any unique id prefix)."""
-        with Client(create_store=False) as client:
+        with _client(create_store=False) as client:
             state = client.status(client.complete_id(message_id))
+        from messaging.render import chain_tree
+
         emit(state, as_json, chain_tree([state]))
 
     @app.command()
@@ -143,8 +151,10 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """A correlation chain as a tree, with statuses, attempts and timings."""
-        with Client(create_store=False) as client:
+        with _client(create_store=False) as client:
             states = client.trace(client.complete_id(correlation_id, correlation=True))
+        from messaging.render import chain_tree, mermaid_sequence
+
         if mermaid:
             typer.echo(mermaid_sequence(states))
             return
@@ -153,7 +163,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def agents(as_json: JsonOpt = False) -> None:
         """Registered agents with queue depth, consumers online and message counts."""
-        with Client(create_store=False) as client:
+        with _client(create_store=False) as client:
             stats = client.agent_stats()
         table = Table(
             "agent", "kind", "queue depth", "consumers", "queued", "delivered", "retrying", "dead"
@@ -185,7 +195,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Dead letters, newest first."""
-        with Client(create_store=False) as client:
+        with _client(create_store=False) as client:
             states = client.dead_letters(
                 receiver=agent, reason=reason, since=parse_since(since), limit=limit
             )
@@ -194,11 +204,13 @@ def register(app: typer.Typer) -> None:
     @dlq.command("show")
     def dlq_show(message_id: str, as_json: JsonOpt = False) -> None:
         """One dead letter: payload, and the error and traceback of every attempt."""
-        with Client(create_store=False) as client:
+        with _client(create_store=False) as client:
             state = client.status(client.complete_id(message_id))
         if as_json:
             emit(state, True)
             return
+        from messaging.render import dead_letter_panel
+
         console.print(dead_letter_panel(state))
         for attempt in state.attempt_log:
             if attempt.traceback:
@@ -228,7 +240,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Send dead messages again (same id and key, attempt count reset, round recorded)."""
-        with Client() as client:
+        with _client() as client:
             results = [
                 client.redrive(m) for m in _select(client, message_id, correlation, agent, all_)
             ]
@@ -244,7 +256,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Delete dead messages and their attempts for good."""
-        with Client() as client:
+        with _client() as client:
             ids = _select(client, message_id, correlation, agent, all_)
             if not yes and not typer.confirm(f"Delete {len(ids)} dead message(s)?"):
                 raise typer.Abort()

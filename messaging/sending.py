@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any, Self, overload
+from typing import TYPE_CHECKING, Any, Self, overload
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
@@ -25,11 +25,16 @@ from messaging.envelope import Delivery, Envelope, Priority
 from messaging.outbox import Background, HandedMarks
 from messaging.results import SendResult
 from messaging.tracing import current_context
-from wire.app import AgentpostCelery, create_app
 from wire.boundary import broker_errors, safe_database_url, store_errors
 from wire.errors import BrokerUnavailable, ConfigurationError, InvalidEnvelope, UnknownAgent
-from wire.publish import DeliveryTask, publish_deliveries, summary_of
 from wire.settings import Settings
+
+if TYPE_CHECKING:
+    from wire.app import AgentpostCelery
+    from wire.publish import DeliveryTask
+
+# wire.app and wire.publish (Celery, kombu) are imported where they are used: a process
+# that only reads the store (the CLI's inspecting commands) never loads them.
 
 __all__ = ["Sender"]
 
@@ -92,6 +97,8 @@ class Sender:
     def app(self) -> AgentpostCelery:
         """The Celery app this client publishes with (built lazily)."""
         if self._app is None:
+            from wire.app import create_app  # noqa: PLC0415  (see the imports)
+
             self._app = create_app(self.settings)
         return self._app
 
@@ -197,6 +204,8 @@ class Sender:
                     "a message with one of these ids exists already under another "
                     "idempotency key: build a new Envelope for each message"
                 ) from exc
+        from wire.publish import DeliveryTask  # noqa: PLC0415  (see the imports)
+
         # Mailbox agents pull from the store: nothing to publish for them.
         tasks = [
             DeliveryTask(str(env.id), env.receiver, env.priority, wire, _summary(env))
@@ -221,6 +230,8 @@ class Sender:
                 f"best-effort messages go straight to a worker; {env.receiver!r} is a "
                 "mailbox agent: send it at-least-once"
             )
+        from wire.publish import DeliveryTask, publish_deliveries  # noqa: PLC0415
+
         task = DeliveryTask(str(env.id), env.receiver, env.priority, wire, _summary(env))
         with broker_errors(self.settings.broker):
             publish_deliveries(self.app, [task])
@@ -250,6 +261,8 @@ class Sender:
 
     def _publish(self, tasks: Sequence[DeliveryTask]) -> None:
         """Publish the tasks of stored messages; a failure is logged, never raised."""
+        from wire.publish import publish_deliveries  # noqa: PLC0415  (see the imports)
+
         try:
             with broker_errors(self.settings.broker):
                 publish_deliveries(self.app, tasks)
@@ -288,6 +301,8 @@ class Sender:
 
 
 def _summary(env: Envelope) -> str:
+    from wire.publish import summary_of  # noqa: PLC0415  (see the imports)
+
     # What Flower shows for the task, from the payload's JSON already made.
     return summary_of(
         sender=env.sender,

@@ -99,3 +99,10 @@ def test_agent_options_are_checked_when_declared() -> None:
         agent("fine", max_retries=-1)
     with pytest.raises(ConfigurationError, match="must take"):
         agent("fine")(lambda msg: None)  # type: ignore[arg-type, return-value]
+
+
+def test_the_key_command_s_help_names_every_gateway_operation() -> None:
+    from messaging.cli_gateway import OPERATIONS_HELP  # noqa: PLC0415
+    from messaging.gateway.auth import OPERATIONS  # noqa: PLC0415
+
+    assert f"Comma-separated operations: {', '.join(OPERATIONS)}." == OPERATIONS_HELP
