@@ -2,7 +2,7 @@
 
     BENCH_AGENTPOST_VARIANT=no-events python -m bench.variant_worker worker bench.agents -c 2
 
-The core code is untouched: the CLI's ``create_app`` is wrapped in this process only,
+The core code is untouched: ``wire.app.create_app`` is wrapped in this process only,
 and the benchmark's client builds its app through the same ``apply_variant``.
 Variants (comma-separated):
 
@@ -42,15 +42,16 @@ def apply_variant(app: Any, names: tuple[str, ...]) -> Any:
 
 def main() -> None:
     import messaging.cli  # noqa: PLC0415  (after the environment is read)
+    import wire.app  # noqa: PLC0415
 
     names = parse_variant(os.environ.get("BENCH_AGENTPOST_VARIANT", ""))
-    create_app = messaging.cli.create_app
+    create_app = wire.app.create_app
 
     def create_variant_app(*args: Any, **kwargs: Any) -> Any:
         return apply_variant(create_app(*args, **kwargs), names)
 
-    # The name the CLI's worker command calls (it imported it from wire.app).
-    messaging.cli.create_app = create_variant_app  # type: ignore[assignment]
+    # The CLI's worker command imports create_app from wire.app when it runs.
+    wire.app.create_app = create_variant_app  # type: ignore[assignment]
     messaging.cli.main()
 
 
