@@ -177,6 +177,19 @@ def unmade_table(msg: Envelope, ctx: Context) -> str:
     return "added"
 
 
+@agent("slow_async")
+async def slow_async(msg: Envelope, ctx: Context) -> dict[str, int]:
+    """Sleeps past any time limit on its first attempt; records being cancelled."""
+    _record(msg, ctx, "start")
+    if ctx.attempt == 1:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            _record(msg, ctx, "cancelled")
+            raise
+    return {"attempt": ctx.attempt}
+
+
 @agent("ledger", max_retries=5)
 def ledger(msg: Envelope, ctx: Context) -> int:
     # The effect: one ledger row per handler run, written through the store's session.

@@ -277,6 +277,22 @@ def test_a_handler_past_its_time_limit_is_recorded_timed_out_and_retried(
     assert "(8 s: 80% of" in (first.error or "") and second.outcome == "delivered"
 
 
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_an_async_handler_past_its_time_limit_is_cancelled_not_left_running(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given an async handler whose first attempt sleeps past 80 % of a 10 s lease
+    backend.env["AGENTPOST_LEASE_S"] = "10"
+    start_worker("--agents", "slow_async")
+    client = backend.client()
+    sent = client.send("slow_async", None, sender="tester")
+    # Then the attempt is recorded timed-out, its coroutine cancelled, the retry delivers
+    state = wait_final(client, sent.message_id, timeout_s=60)
+    assert (state.status, state.reply) == ("delivered", {"attempt": 2})
+    assert (state.attempt_log[0].error or "").startswith("timed-out"), state.attempt_log
+    assert [r["attempt"] for r in backend.runs("slow_async", "cancelled")] == [1]
+
+
 def test_broker_losing_queued_messages_loses_nothing(
     backend: Backend, start_worker: Callable[..., Worker]
 ) -> None:

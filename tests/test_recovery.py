@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from kombu import Connection
@@ -18,6 +19,30 @@ from wire import create_app, inbox_depths, inbox_queue
 from worker import sweep
 
 pytestmark = pytest.mark.slow
+
+
+def take_tasks(app: Any, agent: str, n: int) -> None:
+    """Take ``n`` tasks from the agent's inbox and acknowledge them: lost, no epoch shows it."""
+    with app.connection_for_write() as conn:
+        inbox = conn.SimpleQueue(inbox_queue(agent, app.settings))
+        for _ in range(n):
+            inbox.get(timeout=10).ack()
+        inbox.close()
+
+
+def sweep_twice(app: Any, agent: str) -> tuple[int | None, int | None]:
+    """The agent's inbox depth after one sweep, and after the next."""
+    sweep(app)
+    first = inbox_depths(app, [agent])[agent]
+    sweep(app)
+    return first, inbox_depths(app, [agent])[agent]
+
+
+def delivered_once(backend: Backend, client: Any, ids: list[str]) -> bool:
+    """Every message delivered, each handled by echo exactly once."""
+    for message_id in ids:
+        assert wait_final(client, message_id).status == "delivered"
+    return sorted(r["id"] for r in backend.runs("echo")) == sorted(ids)
 
 
 def test_an_old_backlog_gets_spare_copies_only_for_the_tasks_its_broker_lost(
@@ -36,22 +61,13 @@ def test_an_old_backlog_gets_spare_copies_only_for_the_tasks_its_broker_lost(
     # Then the broker holds no spare copy: its inbox is short of no task
     assert inbox_depths(app, ["echo"])["echo"] == 30
     # When 10 tasks go missing in a way no epoch shows (taken and acknowledged)
-    with app.connection_for_write() as conn:
-        inbox = conn.SimpleQueue(inbox_queue("echo", backend.settings))
-        for _ in range(10):
-            inbox.get(timeout=10).ack()
-        inbox.close()
+    take_tasks(app, "echo", 10)
     assert inbox_depths(app, ["echo"])["echo"] == 20
     # Then the next sweep makes up the 10, and the ones after add none
-    sweep(app)
-    assert inbox_depths(app, ["echo"])["echo"] == 30
-    sweep(app)
-    assert inbox_depths(app, ["echo"])["echo"] == 30
+    assert sweep_twice(app, "echo") == (30, 30)
     # and each message is delivered once
     start_worker("--agents", "echo")
-    for message_id in ids:
-        assert wait_final(client, message_id).status == "delivered"
-    assert sorted(r["id"] for r in backend.runs("echo")) == sorted(ids)
+    assert delivered_once(backend, client, ids)
 
 
 def test_copies_a_sweep_marked_and_died_before_publishing_go_out_at_the_next_sweep(
@@ -66,11 +82,7 @@ def test_copies_a_sweep_marked_and_died_before_publishing_go_out_at_the_next_swe
     client.close()
     app = create_app(backend.settings)
     sweep(app)  # the first sweep leaves the broker's epoch token
-    with app.connection_for_write() as conn:
-        inbox = conn.SimpleQueue(inbox_queue("echo", backend.settings))
-        for _ in range(10):
-            inbox.get(timeout=10).ack()
-        inbox.close()
+    take_tasks(app, "echo", 10)
     # When a sweep marks their spare copies in the store and dies before publishing
     engine = storage.engine_for(backend.settings.database)
     died_at = time.time()
@@ -79,15 +91,10 @@ def test_copies_a_sweep_marked_and_died_before_publishing_go_out_at_the_next_swe
     assert sorted(r.message_id for r in spared) == sorted(ids)
     assert inbox_depths(app, ["echo"])["echo"] == 0
     # Then the next sweep publishes them, once, and the one after adds none
-    sweep(app)
-    assert inbox_depths(app, ["echo"])["echo"] == 10
-    sweep(app)
-    assert inbox_depths(app, ["echo"])["echo"] == 10
+    assert sweep_twice(app, "echo") == (10, 10)
     # and each message is delivered once
     start_worker("--agents", "echo")
-    for message_id in ids:
-        assert wait_final(client, message_id).status == "delivered"
-    assert sorted(r["id"] for r in backend.runs("echo")) == sorted(ids)
+    assert delivered_once(backend, client, ids)
 
 
 def test_a_broker_that_lost_its_contents_gets_them_back_at_the_next_sweep(

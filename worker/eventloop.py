@@ -55,9 +55,22 @@ def run_coroutine(coroutine: Coroutine[Any, Any, Any]) -> Any:
         else:
             done.set_result(task.result())
 
+    started: list[asyncio.Task[Any]] = []
+
     def start() -> None:
         task = loop.create_task(coroutine, context=context)
         task.add_done_callback(finished)
+        started.append(task)
+
+    def cancel() -> None:
+        for task in started:
+            task.cancel()
 
     loop.call_soon_threadsafe(start)
-    return done.result()
+    try:
+        return done.result()
+    except BaseException:
+        # Interrupted while waiting (the soft time limit): the coroutine stops too, rather
+        # than running on with nobody to record it (a no-op if it had ended).
+        loop.call_soon_threadsafe(cancel)
+        raise
