@@ -35,15 +35,19 @@ def _settings() -> Settings:
 
 
 @contextmanager
-def _store(settings: Settings) -> Iterator[Engine]:
+def _store(settings: Settings, *, create: bool = False) -> Iterator[Engine]:
+    """The store's engine; an empty database is created only for ``create`` (a key),
+    refused otherwise (listing, revoking and the audit change nothing)."""
     import storage
-    from wire.boundary import store_errors
+    from wire.boundary import require_store, store_errors
 
     # The store boundary: a database that fails is one line (StoreUnavailable), not a trace.
     with store_errors(settings.database):
-        engine = storage.engine_for(settings.database)
-        storage.create_schema(engine)
-        yield engine
+        if create:
+            storage.create_schema(storage.engine_for(settings.database))
+        else:
+            require_store(settings.database)
+        yield storage.engine_for(settings.database)
 
 
 def register(app: typer.Typer) -> None:
@@ -84,7 +88,7 @@ def register(app: typer.Typer) -> None:
         from messaging.gateway.auth import create_api_key
 
         settings = _settings()
-        with _store(settings) as engine:
+        with _store(settings, create=True) as engine:
             row, key = create_api_key(
                 engine,
                 settings,

@@ -25,8 +25,8 @@ from messaging.envelope import Delivery, Envelope, Priority
 from messaging.outbox import Background, HandedMarks
 from messaging.results import SendResult
 from messaging.tracing import current_context
-from wire.boundary import broker_errors, safe_database_url, store_errors
-from wire.errors import BrokerUnavailable, ConfigurationError, InvalidEnvelope, UnknownAgent
+from wire.boundary import broker_errors, require_store, store_errors
+from wire.errors import BrokerUnavailable, InvalidEnvelope, UnknownAgent
 from wire.settings import Settings
 
 if TYPE_CHECKING:
@@ -80,13 +80,8 @@ class Sender:
         with self._store():
             if create_store:
                 storage.create_schema(self.engine)
-            elif not storage.has_store(self.settings.database):
-                # A read-only caller (the CLI's inspecting commands) changes nothing.
-                raise ConfigurationError(
-                    f"no agentpost store at {safe_database_url(self.settings.database)}: "
-                    "is AGENTPOST_DATABASE_URL (or AGENTPOST_HOME) the deployment's? "
-                    "A worker or a send creates it; so does `agentpost db upgrade`"
-                )
+            else:
+                require_store(self.settings.database)
 
     @property
     def engine(self) -> Engine:

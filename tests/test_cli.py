@@ -138,7 +138,8 @@ def test_read_only_commands_on_an_empty_store_say_so_and_change_nothing(
     backend: Backend,
 ) -> None:
     # Given a database nobody has used (a fresh PostgreSQL database, no SQLite file)
-    for words in (["agents"], ["status", "0f3a"], ["dlq", "list"], ["trace", "chain-1"]):
+    inspecting = (["agents"], ["status", "0f3a"], ["dlq", "list"], ["trace", "chain-1"])
+    for words in (*inspecting, ["keys", "list"], ["audit"]):
         done = agentpost_cli(backend, *words)
         # Then each says there is no store there, exit 2, and creates nothing
         assert done.returncode == 2 and "no agentpost store" in done.stderr, (words, done)

@@ -20,10 +20,16 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
 import storage
 from wire.brokers import profile_for
-from wire.errors import BrokerUnavailable, SchemaOutdated, StoreUnavailable
+from wire.errors import BrokerUnavailable, ConfigurationError, SchemaOutdated, StoreUnavailable
 from wire.settings import redact
 
-__all__ = ["broker_error_kinds", "broker_errors", "safe_database_url", "store_errors"]
+__all__ = [
+    "broker_error_kinds",
+    "broker_errors",
+    "require_store",
+    "safe_database_url",
+    "store_errors",
+]
 
 
 @cache
@@ -84,6 +90,21 @@ def store_errors(database_url: str) -> Iterator[None]:
             f"({exc.strerror}: {exc.filename}): point AGENTPOST_DATABASE_URL or "
             "AGENTPOST_HOME at a folder this process can write"
         ) from exc
+
+
+def require_store(database_url: str) -> None:
+    """Refuse, changing nothing, a database that holds no agentpost store (a read-only
+    caller: the CLI's inspecting commands).
+
+    Raises:
+        ConfigurationError: an empty or foreign database, or a SQLite file not there.
+    """
+    if not storage.has_store(database_url):
+        raise ConfigurationError(
+            f"no agentpost store at {safe_database_url(database_url)}: "
+            "is AGENTPOST_DATABASE_URL (or AGENTPOST_HOME) the deployment's? "
+            "A worker or a send creates it; so does `agentpost db upgrade`"
+        )
 
 
 def _cause(exc: SQLAlchemyError) -> str:
