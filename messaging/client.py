@@ -66,8 +66,10 @@ class Client(Sender):
         """
         with self._store():
             found = storage.ids_starting(self.engine, prefix, correlation=correlation)
-        if prefix in found or len(found) == 1:
-            return prefix if prefix in found else found[0]
+        if prefix in found:
+            return prefix
+        if len(found) == 1:
+            return found[0]
         what = "correlation id" if correlation else "message"
         if not found:
             raise MessageNotFound(f"no {what} {prefix!r}")

@@ -13,9 +13,10 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+
+from storage.engine import engine_for
 
 __all__ = [
     "SchemaBehind",
@@ -108,12 +109,9 @@ def has_store(url: str) -> bool:
         database = parsed.database
         if database and database != ":memory:" and not Path(database).is_file():
             return False
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as conn:
-            return bool(inspect(conn).has_table(_FIRST_TABLE))
-    finally:
-        engine.dispose()
+    # The process's engine (its folder exists: the file does), reused by what follows.
+    with engine_for(url).connect() as conn:
+        return bool(inspect(conn).has_table(_FIRST_TABLE))
 
 
 def ensure_schema(engine: Engine) -> None:
