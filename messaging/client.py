@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import storage
-from messaging.envelope import Priority, validate_agent_name
+from messaging.envelope import Delivery, Envelope, Priority, validate_agent_name
 from messaging.mailbox import Mailbox
 from messaging.results import AgentInfo, AgentStats, MessageState, Reply, SendResult
 from messaging.sending import Sender
@@ -289,10 +289,11 @@ class Client(Sender):
         priority: Priority = "normal",
         ttl_s: float | None = None,
         metadata: dict[str, Any] | None = None,
+        delivery: Delivery = "at-least-once",
     ) -> list[SendResult]:
-        """One tracked message to every registered agent except the sender."""
+        """One message to every registered agent except the sender."""
         recipients = sorted(a.name for a in self._refresh_agents() if a.name != sender)
-        return self.send_many(
+        return self._send_fanned(
             fan_out(
                 recipients,
                 payload,
@@ -302,6 +303,7 @@ class Client(Sender):
                 priority=priority,
                 ttl_s=ttl_s,
                 metadata=metadata,
+                delivery=delivery,
             )
         )
 
@@ -328,13 +330,14 @@ class Client(Sender):
         priority: Priority = "normal",
         ttl_s: float | None = None,
         metadata: dict[str, Any] | None = None,
+        delivery: Delivery = "at-least-once",
     ) -> list[SendResult]:
-        """One tracked message per agent subscribed to ``topic`` (``[]`` if none)."""
+        """One message per agent subscribed to ``topic`` (``[]`` if none)."""
         validate_topic(topic)
         with self._store():
             subs = storage.subscriptions(self.engine)
         recipients = match_subscribers(topic, ((s.agent, s.pattern) for s in subs))
-        return self.send_many(
+        return self._send_fanned(
             fan_out(
                 recipients,
                 payload,
@@ -344,8 +347,15 @@ class Client(Sender):
                 priority=priority,
                 ttl_s=ttl_s,
                 metadata={**(metadata or {}), "topic": topic},
+                delivery=delivery,
             )
         )
+
+    def _send_fanned(self, envelopes: list[Envelope]) -> list[SendResult]:
+        # Best-effort messages have no rows, so no transaction to share: each goes alone.
+        if envelopes and envelopes[0].delivery == "best-effort":
+            return [self.send(envelope) for envelope in envelopes]
+        return self.send_many(envelopes)
 
     def _states(self, rows: list[storage.Message]) -> list[MessageState]:
         attempts = storage.attempts_of(self.engine, [r.id for r in rows])

@@ -13,7 +13,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 from uuid import uuid4
 
-from messaging.envelope import Envelope, Priority
+from messaging.envelope import Delivery, Envelope, Priority
 from wire.errors import InvalidEnvelope
 
 __all__ = ["fan_out", "match_subscribers", "validate_pattern", "validate_topic"]
@@ -53,6 +53,7 @@ def fan_out(
     priority: Priority,
     ttl_s: float | None,
     metadata: dict[str, Any] | None,
+    delivery: Delivery = "at-least-once",
 ) -> list[Envelope]:
     """One envelope per recipient, sharing a correlation id, keys derived per recipient."""
     base = idempotency_key or str(uuid4())
@@ -67,6 +68,7 @@ def fan_out(
             priority=priority,
             ttl_s=ttl_s,
             metadata=metadata,
+            delivery=delivery,
         )
         for name in recipients
     ]

@@ -379,3 +379,21 @@ def test_a_broker_that_lost_its_contents_gets_every_waiting_message_back(
     assert sorted(m for m, _ in runs("h.echo")) == sorted(waiting)
     assert harness.client.status(retry).status == "delivered"
     assert harness.sweep() == SweepReport(recovered=0, republished=0, lost=0)
+
+
+def test_a_publish_and_a_broadcast_carry_their_delivery_guarantee(harness: Harness) -> None:
+    with harness.client.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE h_effects (message_id TEXT NOT NULL)"))
+    harness.client.subscribe("h.ledger", "orders.*")
+    published = harness.client.publish("orders.created", {}, sender="shop", delivery="exactly-once")
+    # An exactly-once handler needs ctx.session, which an at-least-once message has not
+    refused = harness.client.publish("orders.created", {}, sender="shop")
+    loud = harness.client.broadcast("hi", sender="h.ledger", delivery="best-effort")
+    harness.run()
+    assert harness.client.status(published[0].message_id).status == "delivered"
+    assert harness.client.status(refused[0].message_id).dead_reason == "rejected"
+    # Best-effort: published to each of the other agents, no rows
+    assert len(loud) == len(AGENTS) - 1 and {r.status for r in loud} == {"sent"}
+    with harness.client.engine.connect() as conn:
+        effects = conn.execute(text("SELECT message_id FROM h_effects")).scalars().all()
+    assert effects == [published[0].message_id]
