@@ -8,9 +8,11 @@ learns the agent names from the store, where workers register them).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import Table
 
 from messaging.envelope import validate_agent_name
 from wire.errors import ConfigurationError, InvalidEnvelope
@@ -35,6 +37,8 @@ class AgentSpec:
     backoff_s: float | None = None
     backoff_max_s: float | None = None
     jitter: bool | None = None
+    # The agent's own tables in the store's database, made by the worker that serves it.
+    tables: tuple[Table, ...] = ()
 
 
 _registry: dict[str, AgentSpec] = {}
@@ -47,6 +51,7 @@ def agent(
     backoff_s: float | None = None,
     backoff_max_s: float | None = None,
     jitter: bool | None = None,
+    tables: Sequence[Any] = (),
 ) -> Callable[[H], H]:
     """Register ``handler(msg, ctx) -> JSON | None`` as the agent ``name``.
 
@@ -56,6 +61,9 @@ def agent(
         backoff_s: first retry delay; doubles each retry (exponential backoff).
         backoff_max_s: ceiling of the retry delay.
         jitter: randomise each delay between half and all of it.
+        tables: the agent's own tables in the store's database, for its exactly-once
+            writes (SQLModel or SQLAlchemy table models, or Table objects): a worker serving the
+            agent creates those missing when it starts, and never alters them.
 
     Raises:
         ConfigurationError: a bad name or option, or the name taken by another handler.
@@ -69,6 +77,7 @@ def agent(
     for option, value in (("backoff_s", backoff_s), ("backoff_max_s", backoff_max_s)):
         if value is not None and value < 0:
             raise ConfigurationError(f"agent {name!r}: {option} must be >= 0, got {value}")
+    owned = tuple(_table_of(name, model) for model in tables)
 
     def register(handler: H) -> H:
         if not callable(handler):
@@ -83,7 +92,9 @@ def agent(
             raise ConfigurationError(
                 f"agent {name!r} is already registered by {_qualname(existing.handler)}"
             )
-        _registry[name] = AgentSpec(name, handler, max_retries, backoff_s, backoff_max_s, jitter)
+        _registry[name] = AgentSpec(
+            name, handler, max_retries, backoff_s, backoff_max_s, jitter, owned
+        )
         return handler
 
     return register
@@ -97,6 +108,21 @@ def get_agent(name: str) -> AgentSpec | None:
 def registered_agents() -> dict[str, AgentSpec]:
     """Every handler agent registered in this process, by name."""
     return dict(_registry)
+
+
+def _table_of(agent_name: str, model: Any) -> Table:
+    table = getattr(model, "__table__", model)
+    if not isinstance(table, Table):
+        raise ConfigurationError(
+            f"agent {agent_name!r}: tables= takes SQLModel/SQLAlchemy table models or Tables, "
+            f"got {model!r}"
+        )
+    if table.name.startswith("agentpost_"):
+        raise ConfigurationError(
+            f"agent {agent_name!r}: {table.name!r} is one of the store's own tables "
+            "(agentpost_*), made by its migrations: name the agent's tables otherwise"
+        )
+    return table
 
 
 def _qualname(func: Callable[..., JSON] | Handler) -> str:

@@ -16,6 +16,7 @@ from storage.journal import begin_sweep, end_sweep
 from storage.locks import sweep_lock
 from storage.migrate import SchemaBehind, current_revision, has_store, head_revision, upgrade
 from storage.notify import Watch, watch_finished
+from storage.owned import create_owned_tables
 from storage.queries import (
     ReplyState,
     attempts_of,
@@ -91,6 +92,7 @@ __all__ = [
     "claim",
     "claim_next",
     "complete",
+    "create_owned_tables",
     "create_schema",
     "current_revision",
     "dead_letters",

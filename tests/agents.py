@@ -177,6 +177,20 @@ def unmade_table(msg: Envelope, ctx: Context) -> str:
     return "added"
 
 
+class Invoice(_OwnTables):
+    __tablename__ = "test_invoices"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[str] = mapped_column(unique=True)
+
+
+@agent("invoicer", tables=[Invoice])
+def invoicer(msg: Envelope, ctx: Context) -> str:
+    """Writes to a table of its own, which the worker serving it creates."""
+    _record(msg, ctx, "run")
+    ctx.session.add(Invoice(message_id=str(msg.id)))
+    return "billed"
+
+
 @agent("slow_async")
 async def slow_async(msg: Envelope, ctx: Context) -> dict[str, int]:
     """Sleeps past any time limit on its first attempt; records being cancelled."""

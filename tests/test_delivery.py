@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 from kombu import Connection
+from sqlalchemy import text
 
 from messaging import MessageState
 from tests.conftest import (
@@ -196,6 +197,20 @@ def test_an_exactly_once_handler_whose_own_sql_fails_records_that_error(
         assert attempt.outcome != "lost" and "test_never_created" in (attempt.error or ""), (
             state.attempt_log
         )
+
+
+def test_an_agent_s_own_tables_are_made_by_its_worker_and_take_its_exactly_once_writes(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given an agent declaring tables=[Invoice], on a store that has never seen the table
+    start_worker("--agents", "invoicer")
+    client = backend.client()
+    sent = client.send("invoicer", None, sender="shop", delivery="exactly-once")
+    assert wait_final(client, sent.message_id).status == "delivered"
+    # Then its worker made the table, and the handler's row committed with the completion
+    with client.engine.connect() as conn:
+        billed = conn.execute(text("SELECT message_id FROM test_invoices")).scalars().all()
+    assert billed == [sent.message_id]
 
 
 def test_same_idempotency_key_from_eight_processes(

@@ -106,3 +106,10 @@ def test_the_key_command_s_help_names_every_gateway_operation() -> None:
     from messaging.gateway.auth import OPERATIONS  # noqa: PLC0415
 
     assert f"Comma-separated operations: {', '.join(OPERATIONS)}." == OPERATIONS_HELP
+
+
+def test_an_agent_s_tables_must_be_tables_and_not_the_store_s() -> None:
+    with pytest.raises(ConfigurationError, match="tables= takes"):
+        agent("u.owner", tables=["invoices"])
+    with pytest.raises(ConfigurationError, match="one of the store's own tables"):
+        agent("u.owner", tables=[storage.Message])

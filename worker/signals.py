@@ -26,13 +26,17 @@ log = logging.getLogger("agentpost.worker")
 def register_served_agents(app: AgentpostCelery, queues: set[str]) -> list[str]:
     """Record in the store every imported agent whose inbox this worker consumes."""
     settings = app.settings
+    specs = registered_agents()
     served = [
         (name, inbox_name(name, settings))
-        for name in sorted(registered_agents())
+        for name in sorted(specs)
         if inbox_name(name, settings) in queues
     ]
     engine = storage.engine_for(settings.database)
     storage.create_schema(engine)
+    owned = {table.key: table for name, _ in served for table in specs[name].tables}
+    if made := storage.create_owned_tables(engine, list(owned.values())):
+        log.info("created the agents' own tables: %s", ", ".join(made))
     storage.register_agents(engine, served, kind="handler", now=time.time())
     return [name for name, _ in served]
 
