@@ -26,8 +26,6 @@ from wire.errors import (
     RequestTimeout,
     UnknownAgent,
 )
-from wire.inbox import consumers_by_queue, consumers_of, inbox_depths
-from wire.publish import DeliveryTask
 
 __all__ = ["Client"]
 
@@ -121,6 +119,9 @@ class Client(Sender):
         with self._store():
             counts = storage.status_counts(self.engine)
         handlers = [a.name for a in rows if a.kind == "handler"]
+        # Celery's AMQP layer only for this question (not for status, send, result).
+        from wire.inbox import consumers_by_queue, consumers_of, inbox_depths  # noqa: PLC0415
+
         with broker_errors(self.settings.broker):
             depths = inbox_depths(self.app, handlers) if handlers else {}
             by_queue = consumers_by_queue(self.app) if handlers else {}
@@ -149,6 +150,8 @@ class Client(Sender):
             row = storage.redrive(self.engine, message_id, now=time.time())
         if row is None:
             raise MessageNotFound(f"no dead message {message_id!r} to redrive")
+        from wire.publish import DeliveryTask  # noqa: PLC0415  (kombu only to publish)
+
         self._publish([DeliveryTask.of(row, now=time.time())])
         return SendResult(message_id=message_id, duplicate=False, status="queued")
 

@@ -27,7 +27,6 @@ from typing import Any
 
 import storage
 from messaging.sending import Sender
-from wire.deadletter import dead_letter
 from wire.errors import PermanentError
 from wire.settings import Settings
 
@@ -127,6 +126,8 @@ def dead_before_claim(
     )
     # An unreadable envelope may have no row at all: the DLX copy is its only record.
     if marked or reason == "invalid":
+        from wire.deadletter import dead_letter  # noqa: PLC0415  (see Attempt.dead)
+
         dead_letter(core.app, envelope, reason=reason, error=error, attempts=0)
     return marked
 
@@ -188,6 +189,10 @@ class Attempt:
             traceback=traceback,
         )
         if marked:
+            # Celery and kombu only when something dies: the client and the CLI import
+            # this module (through the mailbox) and mostly never dead-letter.
+            from wire.deadletter import dead_letter  # noqa: PLC0415
+
             dead_letter(
                 self.core.app, self.envelope, reason=reason, error=error, attempts=self.number
             )

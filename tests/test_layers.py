@@ -173,3 +173,28 @@ print(json.dumps({{
     # Then its task is on the broker, and no worker module was ever imported
     assert (report["status"], report["depth"]) == ("queued", 1)
     assert report["loaded"] == []
+
+
+def test_an_inspecting_command_loads_no_celery(tmp_path: Path) -> None:
+    # `agentpost status ID` reads the store only: importing Celery would double its start-up
+    code = """
+import sys
+from messaging.cli import main
+sys.argv = ["agentpost", "status", "0000"]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+print("celery" in sys.modules, "fastapi" in sys.modules, code)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOST_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**env, "AGENTPOST_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # On an empty home: no store, exit 2, and neither was imported
+    assert done.stdout.split() == ["False", "False", "2"], done.stdout + done.stderr
