@@ -194,3 +194,29 @@ def test_a_missing_database_and_an_unwritable_home_are_one_line_naming_them() ->
         assert done.returncode == 3, (what, done.stderr)
         assert needle in done.stderr and "Traceback" not in done.stderr, (what, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1, (what, done.stderr)
+
+
+@pytest.mark.parametrize(
+    "broker", ["redis://127.0.0.1:{port}/0", "amqp://guest:guest@127.0.0.1:{port}//"]
+)
+def test_a_send_with_the_broker_down_is_accepted_with_one_warning_naming_it(
+    broker: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a broker address nothing listens on
+    port = free_port()
+    url = broker.format(port=port)
+    client = Client(Settings(home=tmp_path, broker_url=url))
+    storage.register_agents(
+        client.engine, [("echo", inbox_name("echo", client.settings))], kind="handler", now=0
+    )
+    # When a message is sent, and the client closed (which waits for the publish)
+    with caplog.at_level("WARNING", logger="agentpost.client"):
+        sent = client.send("echo", 1, sender="t")
+        client.close()
+    # Then it is accepted, stored for the sweeper, and one warning names the broker
+    assert sent.status == "queued"
+    assert client.status(sent.message_id).status == "queued"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "not published" in warnings[0] and f"127.0.0.1:{port}" in warnings[0], warnings
+    assert "the sweeper will republish" in warnings[0] and "guest:guest" not in warnings[0]
