@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import and_, or_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from storage.tables import (
@@ -54,9 +53,14 @@ CLAIMABLE = ("queued", "retrying")
 
 def dialect_insert(conn: Connection) -> Any:
     """The dialect's INSERT that supports ``ON CONFLICT DO NOTHING``."""
+    # Imported here: a process imports only its own database's dialect.
     if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql  # noqa: PLC0415
+
         return postgresql.insert
     if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects import sqlite  # noqa: PLC0415
+
         return sqlite.insert
     raise NotImplementedError(f"unsupported database dialect {conn.dialect.name!r}")
 
