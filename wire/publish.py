@@ -74,16 +74,25 @@ def publish_deliveries(app: AgentpostCelery, tasks: Sequence[DeliveryTask]) -> N
         if len(tasks) == 1:  # the common single send: no batch to set up
             _send(app, producer, tasks[0])
             return
+        # On Redis a batch is one pipeline, sent when it ends: a publish in it cannot
+        # fail, so kombu's per-message retry wrapper only costs (~8 % of a send_many).
+        # Where batches are not supported each publish is immediate and keeps it.
+        pipelined = profile_for(app.settings.broker).name == "redis"
         with producer.batch():
             # Each inbox declared once per batch (kombu binds a copy per declaration).
             for receiver in sorted({task.receiver for task in tasks}):
                 producer.maybe_declare(inbox_queue(receiver, app.settings))
             for task in tasks:
-                _send(app, producer, task, declare=[])
+                _send(app, producer, task, declare=[], retry=False if pipelined else None)
 
 
 def _send(
-    app: AgentpostCelery, producer: Any, task: DeliveryTask, declare: list[Any] | None = None
+    app: AgentpostCelery,
+    producer: Any,
+    task: DeliveryTask,
+    declare: list[Any] | None = None,
+    *,
+    retry: bool | None = None,
 ) -> None:
     # Celery's send_task without its argument encoding: the body is built around the
     # encoded envelope; the message headers, routing and task-sent event are Celery's.
@@ -110,6 +119,7 @@ def _send(
         content_type="application/json",
         content_encoding="utf-8",
         declare=declare,  # None: the inbox, as Celery declares a task's queue
+        retry=retry,
     )
 
 
