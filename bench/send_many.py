@@ -45,6 +45,26 @@ def raw_send_task_rate(redis_url: str, token: str, n: int) -> float:
         app.close()
 
 
+def noop_client(
+    redis_url: str, db_url: str, namespace: str, home: Path, *, task_events: bool = False
+) -> Client:
+    """A client of a fresh store where the ``noop`` agent is registered, warmed up."""
+    settings = Settings(
+        broker_url=redis_url,
+        database_url=db_url,
+        namespace=namespace,
+        home=home,
+        task_events=task_events,
+    )
+    client = Client(settings)
+    storage.register_agents(
+        client.engine, [("noop", inbox_name("noop", settings))], kind="handler", now=time.time()
+    )
+    client.send("noop", "warm", sender="bench")
+    client.flush()
+    return client
+
+
 def send_many_rates(client: Client, n: int, batch: int) -> tuple[float, float]:
     """(msg/s building included, msg/s send_many alone)."""
     t0 = time.perf_counter()
@@ -79,21 +99,9 @@ def main() -> int:
                 fresh_database(args.pg_admin_url, f"agentpost_bench_{token}") as db_url,
                 tempfile.TemporaryDirectory() as home,
             ):
-                settings = Settings(
-                    broker_url=args.redis_url,
-                    database_url=db_url,
-                    namespace=f"b{token}s.",
-                    home=Path(home),
-                    task_events=events,
+                client = noop_client(
+                    args.redis_url, db_url, f"b{token}s.", Path(home), task_events=events
                 )
-                client = Client(settings)
-                storage.register_agents(
-                    client.engine,
-                    [("noop", inbox_name("noop", settings))],
-                    kind="handler",
-                    now=time.time(),
-                )
-                client.send("noop", "warm", sender="bench")
                 for batch in batches:
                     built, alone = send_many_rates(client, args.messages, batch)
                     lines.append(

@@ -30,11 +30,10 @@ import psycopg  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 import storage  # noqa: E402
-from bench.send_many import raw_send_task_rate  # noqa: E402
+from bench.send_many import noop_client, raw_send_task_rate  # noqa: E402
 from bench.throughput import add_server_args, clean_redis, fresh_database  # noqa: E402
-from messaging import Client, Envelope, Settings  # noqa: E402
+from messaging import Client, Envelope  # noqa: E402
 from storage import repository  # noqa: E402
-from wire import inbox_name  # noqa: E402
 
 
 def timed(totals: dict[str, float], stage: str, call: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,18 +112,7 @@ def main() -> int:
             fresh_database(args.pg_admin_url, f"agentpost_bench_{token}") as db_url,
             tempfile.TemporaryDirectory() as home,
         ):
-            settings = Settings(
-                broker_url=args.redis_url,
-                database_url=db_url,
-                namespace=f"b{token}p.",
-                home=Path(home),
-            )
-            client = Client(settings)
-            storage.register_agents(
-                client.engine, [("noop", inbox_name("noop", settings))], kind="handler", now=0
-            )
-            client.send("noop", "warm", sender="bench")
-            client.flush()
+            client = noop_client(args.redis_url, db_url, f"b{token}p.", Path(home))
             for label, batch in (("send (1 per call)", 1), ("send_many (1,000)", 1000)):
                 per = stages(client, args.messages, batch)
                 parts = ", ".join(f"{k} {v:.0f}" for k, v in per.items() if k != "total")
