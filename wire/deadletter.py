@@ -23,8 +23,9 @@ from wire.queues import dead_letter_exchange, dead_letter_queue
 
 if TYPE_CHECKING:
     from wire.app import AgentpostCelery
+    from wire.settings import Settings
 
-__all__ = ["DeadLetter", "dead_letter"]
+__all__ = ["DeadLetter", "alert", "dead_letter", "letter_of", "publish_letter"]
 
 log = logging.getLogger("agentpost.deadletter")
 
@@ -53,8 +54,24 @@ def dead_letter(
     attempts: int,
 ) -> DeadLetter:
     """Publish the dead envelope with its error to ``agentpost.dlx`` and alert."""
+    letter = letter_of(envelope, reason=reason, error=error, attempts=attempts)
+    failure = publish_letter(app, letter)
+    if failure is not None:
+        # The row is dead in the store already; a lost DLX copy must not fail delivery.
+        log.error(
+            "could not publish dead letter %s to the DLX: %s: %s",
+            letter.message_id,
+            type(failure).__name__,
+            failure,
+        )
+    alert(app.settings, letter)
+    return letter
+
+
+def letter_of(envelope: Any, *, reason: str, error: str, attempts: int) -> DeadLetter:
+    """The dead letter of an envelope (its wire dict, or anything a broker carried)."""
     raw = envelope if isinstance(envelope, dict) else {}
-    letter = DeadLetter(
+    return DeadLetter(
         message_id=_str_or_none(raw.get("id")),
         sender=_str_or_none(raw.get("sender")),
         receiver=_str_or_none(raw.get("receiver")),
@@ -65,6 +82,10 @@ def dead_letter(
         dead_at=time.time(),
         envelope=envelope,
     )
+
+
+def publish_letter(app: AgentpostCelery, letter: DeadLetter) -> Exception | None:
+    """Publish ``letter`` to ``agentpost.dlx``; the error if the broker did not take it."""
     settings = app.settings
     try:
         with app.producer_or_acquire() as producer:
@@ -77,14 +98,17 @@ def dead_letter(
                 retry=True,
                 retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.5},
             )
-    except Exception:
-        # The row is dead in the store already; a lost DLX copy must not fail delivery.
-        log.exception("could not publish dead letter %s to the DLX", letter.message_id)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def alert(settings: Settings, letter: DeadLetter) -> None:
+    """The alert hook and the webhook, each in a thread of its own."""
     _alert(settings.alert_hook, letter)
     webhook = settings.alert_webhook_url.get_secret_value()
     if webhook:
         _in_background(_post, webhook, letter, settings.alert_webhook_retries)
-    return letter
 
 
 def _in_background(target: Any, *args: Any) -> None:

@@ -39,6 +39,8 @@ class DeliverTask(Task[Any, Any]):
 
     _core: Sender | None = None
     _core_pid: int | None = None
+    # Every message is checked before Celery's own strategy sees it (worker/strategy.py).
+    Strategy = "worker.strategy:guarded"
 
     @property
     def core(self) -> Sender:

@@ -1,0 +1,102 @@
+"""Hostile input at the broker: what anyone who can publish to an inbox may send.
+
+Real workers on every backend. A message on ``agent.<name>`` that claims to be an
+``agentpost.deliver`` task but is not one never stops the worker: it goes to the
+dead-letter queue (reason ``undecodable``) and the same worker delivers the next message.
+"""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kombu import Connection
+
+from tests.conftest import Backend, Worker, wait_final, wait_for
+from wire import create_app, dead_letter_queue, inbox_queue
+
+pytestmark = pytest.mark.slow
+
+# (what it is, body, content type, content encoding)
+POISON: list[tuple[str, Any, str, str]] = [
+    ("JSON of the wrong shape", "[1, 2]", "application/json", "utf-8"),
+    ("JSON object, not a triple", '{"a": 1}', "application/json", "utf-8"),
+    ("envelope not an object", '[["x"], {}, {}]', "application/json", "utf-8"),
+    ("two arguments", "[[{}, {}], {}, {}]", "application/json", "utf-8"),
+    ("not JSON at all", "{not json", "application/json", "utf-8"),
+    ("raw application/data", b"\x00\x01\xffbinary", "application/data", "binary"),
+    ("raw application/text", "hello", "application/text", "utf-8"),
+    ("a pickle", pickle.dumps({"never": "unpickled"}), "application/x-python-serialize", "binary"),
+]
+
+
+def _publish_raw(
+    backend: Backend, receiver: str, body: Any, content_type: str, encoding: str
+) -> None:
+    settings = backend.settings
+    app = create_app(settings)
+    queue = inbox_queue(receiver, settings)
+    with Connection(settings.broker, transport_options=app.conf.broker_transport_options) as conn:
+        conn.Producer().publish(
+            body,
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
+            declare=[queue],
+            content_type=content_type,
+            content_encoding=encoding,
+            headers={"task": "agentpost.deliver", "id": str(uuid.uuid4())},
+        )
+
+
+def _dead_letters(backend: Backend) -> list[dict[str, Any]]:
+    settings = backend.settings
+    app = create_app(settings)
+    found = []
+    with Connection(settings.broker, transport_options=app.conf.broker_transport_options) as conn:
+        queue = conn.SimpleQueue(dead_letter_queue(settings))
+        try:
+            while True:
+                try:
+                    message = queue.get(timeout=0.5)
+                except queue.Empty:
+                    break
+                found.append(message.payload)
+                message.ack()
+        finally:
+            queue.close()
+    return found
+
+
+def test_poison_tasks_are_dead_lettered_and_the_same_worker_goes_on(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given a running worker
+    worker = start_worker("--agents", "echo")
+    client = backend.client()
+    # When each kind of poison lands in its inbox, then a normal message
+    for _, body, content_type, encoding in POISON:
+        _publish_raw(backend, "echo", body, content_type, encoding)
+    sent = client.send("echo", "after the poison", sender="t")
+    # Then the same worker process delivers the normal message
+    assert wait_final(client, sent.message_id).status == "delivered"
+    assert worker.proc.poll() is None, worker.log.read_text()[-3000:]
+    # And every poison body is in the dead-letter queue, with why it was refused
+    letters: list[dict[str, Any]] = []
+    wait_for(
+        lambda: letters.extend(_dead_letters(backend)) or len(letters) >= len(POISON),
+        20,
+        "the poison bodies in the dead-letter queue",
+    )
+    refused = [letter for letter in letters if letter["reason"] == "undecodable"]
+    assert len(refused) == len(POISON), letters
+    assert {letter["envelope"]["content_type"] for letter in refused} == {
+        content_type for _, _, content_type, _ in POISON
+    }
+    assert all(letter["error"] and letter["envelope"]["queue"] for letter in refused), refused
+    log = worker.log.read_text()
+    assert "Unrecoverable error" not in log
+    assert log.count("refused a task from queue") == len(POISON), log[-3000:]
+    assert "unpickled" not in log  # the pickle was never loaded (its bytes are not shown)
