@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from storage.audit import audit_entries, record_audit
 from storage.buckets import take_token
-from storage.claims import Claim, Taken, claim, claim_next
+from storage.claims import Claim, Taken, claim, claim_next, take
 from storage.completion import complete, mark_dead, schedule_retry
 from storage.credentials import add_key, find_key, list_keys, revoke_keys
 from storage.engine import dispose_engines, engine_for
@@ -130,6 +130,7 @@ __all__ = [
     "subscriptions",
     "swap_broker_epoch",
     "sweep_lock",
+    "take",
     "take_token",
     "trace",
     "unhand",

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from storage import postgres
 from storage.sql import ATTEMPTS, CLAIMABLE, MESSAGES, claimable
 
-__all__ = ["Claim", "Taken", "claim", "claim_next"]
+__all__ = ["Claim", "Taken", "claim", "claim_next", "take"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,28 +46,64 @@ def claim(
     died). SET expressions see the row's old values, which is how
     ``recovered_from`` learns, in the same statement, whose lease was taken over.
     """
+    row = _claim_row(engine, message_id, None, worker=worker, now=now, lease_s=lease_s)
+    return None if row is None else Claim(row.attempts, row.redrives, row.recovered_from)
+
+
+def take(
+    engine: Engine, message_id: str, receiver: str, *, worker: str, now: float, lease_s: float
+) -> Taken | None:
+    """``claim`` for a delivery task: only a message of ``receiver``, with its stored envelope.
+
+    The task names the message; the row says what it is. A task whose id belongs to
+    another agent's message claims nothing.
+    """
+    row = _claim_row(engine, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
+    if row is None:
+        return None
+    claim_ = Claim(row.attempts, row.redrives, row.recovered_from)
+    return Taken(message_id, claim_, row.envelope, row.expires_at)
+
+
+def _claim_row(
+    engine: Engine,
+    message_id: str,
+    receiver: str | None,
+    *,
+    worker: str,
+    now: float,
+    lease_s: float,
+) -> Any:
     if engine.dialect.name == "postgresql":
-        found = postgres.claim(engine, message_id, worker=worker, now=now, lease_s=lease_s)
-        return None if found is None else Claim(*found)
+        return postgres.claim(
+            engine, message_id, receiver=receiver, worker=worker, now=now, lease_s=lease_s
+        )
+    where = [
+        MESSAGES.c.id == message_id,
+        or_(
+            MESSAGES.c.status.in_(CLAIMABLE),
+            and_(MESSAGES.c.status == "running", MESSAGES.c.lease_until < now),
+        ),
+    ]
+    if receiver is not None:
+        where.append(MESSAGES.c.receiver == receiver)
     stmt = (
         update(MESSAGES)
-        .where(
-            MESSAGES.c.id == message_id,
-            or_(
-                MESSAGES.c.status.in_(CLAIMABLE),
-                and_(MESSAGES.c.status == "running", MESSAGES.c.lease_until < now),
-            ),
-        )
+        .where(*where)
         .values(_claim_values(worker, now, lease_s))
-        .returning(MESSAGES.c.attempts, MESSAGES.c.redrives, MESSAGES.c.recovered_from)
+        .returning(
+            MESSAGES.c.attempts,
+            MESSAGES.c.redrives,
+            MESSAGES.c.recovered_from,
+            MESSAGES.c.envelope,
+            MESSAGES.c.expires_at,
+        )
     )
     with engine.begin() as conn:
         row = conn.execute(stmt).one_or_none()
-        if row is None:
-            return None
-        if row.recovered_from is not None:
+        if row is not None and row.recovered_from is not None:
             _record_lost(conn, message_id, row, now)
-    return Claim(row.attempts, row.redrives, row.recovered_from)
+    return row
 
 
 def _claim_values(worker: str, now: float, lease_s: float) -> dict[str, Any]:

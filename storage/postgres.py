@@ -34,14 +34,15 @@ WITH c AS (
         recovered_from = CASE WHEN status = 'running' THEN coalesce(claimed_by, '?') END,
         updated_at = :now
     WHERE id = :id
+      AND receiver = coalesce(CAST(:receiver AS VARCHAR), receiver)
       AND (status IN ('queued', 'retrying') OR (status = 'running' AND lease_until < :now))
-    RETURNING attempts, redrives, recovered_from
+    RETURNING attempts, redrives, recovered_from, envelope, expires_at
 ), lost AS (
     INSERT INTO {_A} (message_id, number, redrive, worker, ended_at, outcome, error)
     SELECT :id, attempts - 1, redrives, recovered_from, :now, 'lost', :lost_error
     FROM c WHERE recovered_from IS NOT NULL
 )
-SELECT attempts, redrives, recovered_from FROM c
+SELECT attempts, redrives, recovered_from, envelope, expires_at FROM c
 """)
 
 
@@ -101,13 +102,22 @@ def insert_one(engine: Engine, statement: Any, values: dict[str, Any]) -> Any:
         return conn.execute(statement, values).scalar()
 
 
-def claim(engine: Engine, message_id: str, *, worker: str, now: float, lease_s: float) -> Any:
-    """The claim row (attempts, redrives, recovered_from) or ``None``."""
+def claim(
+    engine: Engine,
+    message_id: str,
+    *,
+    receiver: str | None,
+    worker: str,
+    now: float,
+    lease_s: float,
+) -> Any:
+    """The claim row (attempts, redrives, recovered_from, envelope, expires_at) or ``None``."""
     with autocommit(engine).connect() as conn:
         return conn.execute(
             _CLAIM,
             {
                 "id": message_id,
+                "receiver": receiver,
                 "worker": worker,
                 "now": now,
                 "lease_until": now + lease_s,

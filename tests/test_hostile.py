@@ -3,6 +3,8 @@
 Real workers on every backend. A message on ``agent.<name>`` that claims to be an
 ``agentpost.deliver`` task but is not one never stops the worker: it goes to the
 dead-letter queue (reason ``undecodable``) and the same worker delivers the next message.
+A task is a token for a stored message: a forged body never changes what runs, or
+another message's state.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 import pytest
 from kombu import Connection
 
-from tests.conftest import Backend, Worker, wait_final, wait_for
-from wire import create_app, dead_letter_queue, inbox_queue
+from messaging import Envelope
+from tests.conftest import Backend, Worker, lose_queued_messages, wait_final, wait_for
+from wire import create_app, dead_letter_queue, inbox_queue, publish_delivery
 
 pytestmark = pytest.mark.slow
 
@@ -100,3 +103,52 @@ def test_poison_tasks_are_dead_lettered_and_the_same_worker_goes_on(
     assert "Unrecoverable error" not in log
     assert log.count("refused a task from queue") == len(POISON), log[-3000:]
     assert "unpickled" not in log  # the pickle was never loaded (its bytes are not shown)
+
+
+def _forged(message_id: str, receiver: str, **changes: Any) -> dict[str, Any]:
+    wire = Envelope.build(receiver, "forged", sender="bob").wire()
+    return {**wire, "id": message_id, **changes}
+
+
+def test_a_forged_task_body_never_overrides_the_stored_message(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given messages waiting in the store while no worker runs: two to echo, and one
+    # from alice to a mailbox agent
+    start_worker("--agents", "echo").stop()
+    client = backend.client()
+    client.register("inbox1")
+    real = client.send("echo", {"from": "carol"}, sender="carol")
+    future = client.send("echo", {"from": "dave"}, sender="dave")
+    alices = client.send("inbox1", {"for": "inbox1"}, sender="alice")
+    client.flush()
+    lose_queued_messages(backend)  # so that the forged tasks are the ones the worker reads
+    # When someone with access to the broker publishes tasks reusing their ids: another
+    # sender and payload, a schema version no worker reads, another agent's message
+    app = create_app(backend.settings)
+    for forged in (
+        _forged(real.message_id, "echo"),
+        _forged(future.message_id, "echo", schema_version="9.0"),
+        _forged(alices.message_id, "echo"),
+    ):
+        publish_delivery(app, message_id=forged["id"], receiver="echo", priority=5, envelope=forged)
+    worker = start_worker("--agents", "echo")
+    # Then each echo message is delivered as it was stored, once
+    for sent, payload in ((real, {"from": "carol"}), (future, {"from": "dave"})):
+        state = wait_final(client, sent.message_id)
+        assert (state.status, state.sender, state.reply) == ("delivered", sent_by(payload), payload)
+    # And alice's message was not touched: still queued for its mailbox, as sent
+    state = client.status(alices.message_id)
+    assert (state.status, state.attempts, state.sender) == ("queued", 0, "alice")
+    taken = client.mailbox("inbox1").receive(timeout_s=5)
+    assert taken is not None and taken.payload == {"for": "inbox1"}
+    taken.ack()
+    assert sorted(r["id"] for r in backend.runs("echo")) == sorted(
+        [real.message_id, future.message_id]
+    )
+    if backend.name != "embedded":  # there the store picks the message: no body is read
+        assert "differs from the stored message" in worker.log.read_text()
+
+
+def sent_by(payload: dict[str, str]) -> str:
+    return payload["from"]

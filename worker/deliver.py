@@ -83,63 +83,75 @@ def run_delivery(core: Sender, raw: Any) -> DeliveryOutcome:
 
 
 def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
-    """Claim, run the handler, and record the outcome of one delivery."""
+    """Claim, run the handler, and record the outcome of one delivery.
+
+    The store is the truth and the task a token: the task names a message (its id and
+    receiver) and the worker runs the envelope stored for it. A body that disagrees
+    with the row (forged, or of a version this worker cannot read) is logged and
+    ignored; one naming no message of this receiver claims nothing.
+    """
     settings = core.settings
     now = time.time()
+    body: Envelope | None = None
+    body_error: str | None = None
     try:
-        envelope = parse_envelope(raw)
+        body = parse_envelope(raw)
+        message_id, receiver = str(body.id), body.receiver
     except InvalidEnvelope as exc:
-        found = raw.get("id") if isinstance(raw, dict) else None
-        message_id = found if isinstance(found, str) else None
-        dead_before_claim(core, raw, message_id=message_id, reason="invalid", error=str(exc))
-        return DeliveryOutcome("dead", _str(found), reason="invalid", error=str(exc))
+        named = _named(raw)
+        if named is None:
+            # Nothing in it names a stored message: its DLX copy is its only record.
+            dead_before_claim(core, raw, message_id=None, reason="invalid", error=str(exc))
+            return DeliveryOutcome("dead", None, reason="invalid", error=str(exc))
+        (message_id, receiver), body_error = named, str(exc)
 
-    message_id = str(envelope.id)
-    spec = get_agent(envelope.receiver)
+    spec = get_agent(receiver)
     if spec is None:
         # A worker consuming an inbox whose code it does not have: leave the row queued;
         # the sweeper publishes it again until a worker that has the agent takes it.
         log.error(
             "no handler for agent %r in this worker; message %s left queued",
-            envelope.receiver,
+            receiver,
             message_id,
         )
         storage.unhand(core.engine, [message_id])  # its task is taken: the sweeper sends another
         return DeliveryOutcome("skipped", message_id, error="no handler in this worker")
 
     worker = worker_identity()
-    if envelope.delivery == "best-effort":
-        return _best_effort(core, spec, envelope, worker)
-    if profile_for(settings.broker).has_priorities:
-        if expired(expires := _expires(envelope), now):
-            error = expiry_error(expires, taker="a handler")
-            dead_before_claim(core, raw, message_id=message_id, reason="expired", error=error)
-            return DeliveryOutcome("dead", message_id, reason="expired", error=error)
-        claim = storage.claim(
-            core.engine, message_id, worker=worker, now=now, lease_s=settings.lease_s
+    if body is not None and body.delivery == "best-effort":
+        return _best_effort(core, spec, body, worker)  # no row: the body is all there is
+    by_id = profile_for(settings.broker).has_priorities
+    if by_id:
+        taken = storage.take(
+            core.engine, message_id, receiver, worker=worker, now=now, lease_s=settings.lease_s
         )
-        if claim is None:
-            # Delivered, dead, or running under a live lease: this task is a duplicate.
-            return DeliveryOutcome("skipped", message_id)
-        attempt = Attempt(core, message_id, raw, claim, worker, now)
     else:
         # The broker cannot order by priority (filesystem): this task is a token for
         # the receiver's most urgent due message, which the store picks.
         taken = storage.claim_next(
-            core.engine, envelope.receiver, worker=worker, now=now, lease_s=settings.lease_s
+            core.engine, receiver, worker=worker, now=now, lease_s=settings.lease_s
         )
-        if taken is None:
-            return DeliveryOutcome("skipped", message_id)
-        raw = json.loads(taken.envelope)
-        attempt = Attempt(core, taken.message_id, raw, taken.claim, worker, now)
-        message_id = attempt.message_id
-        try:
-            envelope = parse_envelope(raw)
-        except InvalidEnvelope as exc:
-            return _dead(attempt, reason="invalid", error=str(exc))
-        if expired(expires := _expires(envelope), now):
-            error = expiry_error(expires, taker="a handler")
-            return _dead(attempt, reason="expired", error=error)
+    if taken is None:
+        # Delivered, dead, running under a live lease, or not this receiver's: this task
+        # is a duplicate (or names a message it has no claim on).
+        return DeliveryOutcome("skipped", message_id)
+    stored = json.loads(taken.envelope)
+    if by_id and stored != raw:
+        log.warning(
+            "the task of message %s carries a body that differs from the stored message "
+            "(%s): the stored one runs",
+            message_id,
+            body_error or "other field values",
+        )
+    attempt = Attempt(core, taken.message_id, stored, taken.claim, worker, now)
+    message_id = attempt.message_id
+    try:
+        envelope = parse_envelope(stored)
+    except InvalidEnvelope as exc:
+        return _dead(attempt, reason="invalid", error=str(exc))
+    if expired(expires := _expires(envelope), now):
+        error = expiry_error(expires, taker="a handler")
+        return _dead(attempt, reason="expired", error=error)
 
     policy = RetryPolicy.of(
         settings,
@@ -178,6 +190,16 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
     finally:
         if session is not None:
             session.close()
+
+
+def _named(raw: Any) -> tuple[str, str] | None:
+    """(id, receiver) of a body that names a message, even one that is not valid."""
+    if not isinstance(raw, dict):
+        return None
+    message_id, receiver = raw.get("id"), raw.get("receiver")
+    if isinstance(message_id, str) and isinstance(receiver, str) and len(message_id) <= 36:
+        return message_id, receiver
+    return None
 
 
 def _encode_reply(reply: Any) -> str | None:
@@ -274,10 +296,6 @@ async def _await(awaitable: Any) -> Any:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def _str(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 def _log_outcome(outcome: DeliveryOutcome, took_s: float) -> None:
