@@ -17,10 +17,11 @@ from contextlib import contextmanager
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-__all__ = ["sweep_lock"]
+__all__ = ["schema_lock", "sweep_lock"]
 
-# Any constant; it names the lock among this database's advisory locks.
+# Any constants; they name the locks among this database's advisory locks.
 _SWEEP_LOCK_KEY = 0x61676E74
+_SCHEMA_LOCK_KEY = 0x61677363
 
 
 @contextmanager
@@ -63,3 +64,27 @@ def _unlock(conn: Connection) -> None:
     except SQLAlchemyError:
         # Never back to the pool holding the lock: closing the session releases it.
         conn.invalidate()
+
+
+@contextmanager
+def schema_lock(engine: Engine) -> Iterator[Connection]:
+    """A transaction that holds the schema lock until it has committed: processes
+    creating an empty store take turns (an advisory lock on PostgreSQL, an ``flock``
+    beside a SQLite file)."""
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+            yield conn
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        with engine.begin() as conn:
+            yield conn
+        return
+    fd = os.open(f"{database}.schema-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with engine.begin() as conn:  # committed before the flock is released
+            yield conn
+    finally:
+        os.close(fd)

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import make_url
 
 from storage.engine import engine_for
+from storage.locks import schema_lock
 
 __all__ = [
     "SchemaBehind",
@@ -89,7 +90,8 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
     from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
 
     config = _config()
-    with engine.begin() as conn:
+    with schema_lock(engine) as conn:
+        # Under the lock: a process that waited finds the work done and changes nothing.
         config.attributes["connection"] = conn
         has_tables = inspect(conn).has_table(_FIRST_TABLE)
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})

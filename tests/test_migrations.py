@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +99,36 @@ def test_a_store_made_before_migrations_is_stamped_then_upgraded(database_url: s
     # When it is upgraded, it is taken as 0001 and brought to the head
     assert storage.upgrade(engine) == storage.head_revision()
     assert "agentpost_api_keys" in _tables(engine)
+
+
+def test_processes_starting_together_on_an_empty_store_all_come_up(
+    database_url: str, tmp_path: Path
+) -> None:
+    # Given an empty database and six processes that open it at the same instant
+    go_at = time.time() + 4  # after every interpreter has started
+    code = (
+        "import sys, time\n"
+        "from messaging import Client, Settings\n"
+        f"time.sleep(max(0, {go_at} - time.time()))\n"
+        f"Client(Settings(home={str(tmp_path)!r}, database_url={database_url!r}))\n"
+        "print('up')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTPOST_")}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    results = [p.communicate(timeout=120) for p in procs]
+    # Then every one of them came up, and the store is at the newest revision once
+    assert [(p.returncode, out.strip()) for p, (out, _) in zip(procs, results, strict=True)] == [
+        (0, "up")
+    ] * 6, [err[-2000:] for _, err in results]
+    engine = storage.engine_for(database_url)
+    assert storage.current_revision(engine) == storage.head_revision()
