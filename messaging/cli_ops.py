@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -121,9 +122,14 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Send a message and print its reply (exit 1 on timeout or dead, 130 on Ctrl-C)."""
+        from messaging.envelope import Envelope
+
         with _client() as client:
-            sent = client.send(receiver, _payload(payload), sender=sender)
-            _print_reply(client, sent.message_id, timeout, as_json)
+            # Built first: its id is known to a Ctrl-C at any moment of the send.
+            envelope = Envelope.build(receiver, _payload(payload), sender=sender)
+            _print_reply(
+                client, str(envelope.id), timeout, as_json, send=lambda: client.send(envelope)
+            )
 
     @app.command()
     def result(
@@ -264,20 +270,32 @@ def register(app: typer.Typer) -> None:
         emit({"purged": removed}, as_json, f"purged: {removed}")
 
 
-def _print_reply(client: Client, message_id: str, timeout_s: float, as_json: bool) -> None:
-    """Wait for the reply of ``message_id`` and print it; a timeout or Ctrl-C says how
-    to follow the message, which is delivered all the same."""
+def _print_reply(
+    client: Client,
+    message_id: str,
+    timeout_s: float,
+    as_json: bool,
+    *,
+    send: Callable[[], object] | None = None,
+) -> None:
+    """(Send, then) wait for the reply of ``message_id`` and print it; a timeout or
+    Ctrl-C says how to follow the message, which is delivered all the same."""
     follow = (
         f"follow it with: agentpost status {message_id[:8]}  "
         f"or  agentpost result {message_id[:8]} --timeout 30"
     )
+    sent = send is None
     try:
+        if send is not None:
+            send()
+            sent = True
         reply = client.result(message_id, timeout_s=timeout_s)
     except RequestTimeout as exc:
         typer.secho(f"timed out: {exc}; {follow}", err=True, fg="yellow")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        typer.secho(f"\ninterrupted: {message_id} was sent; {follow}", err=True, fg="yellow")
+        said = "was sent" if sent else "was being sent (the status says whether it was stored)"
+        typer.secho(f"\ninterrupted: {message_id} {said}; {follow}", err=True, fg="yellow")
         raise typer.Exit(130) from None
     emit(reply, as_json, json.dumps(reply.payload, indent=2))
 
