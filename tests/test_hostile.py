@@ -9,17 +9,30 @@ another message's state.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from kombu import Connection
+from sqlalchemy import text
 
+import storage
 from messaging import Envelope
-from tests.conftest import Backend, Worker, lose_queued_messages, wait_final, wait_for
-from wire import create_app, dead_letter_queue, inbox_queue, publish_delivery
+from tests.conftest import (
+    Backend,
+    Gateway,
+    Worker,
+    create_key,
+    lose_queued_messages,
+    wait_final,
+    wait_for,
+)
+from wire import create_app, dead_letter_queue, inbox_name, inbox_queue, publish_delivery
 
 pytestmark = pytest.mark.slow
 
@@ -152,3 +165,70 @@ def test_a_forged_task_body_never_overrides_the_stored_message(
 
 def sent_by(payload: dict[str, str]) -> str:
     return payload["from"]
+
+
+@pytest.mark.parametrize("backend", ["embedded", "redis"], indirect=True)
+def test_one_caller_s_flood_of_waiting_invokes_does_not_stall_the_others(
+    backend: Backend,
+    start_worker: Callable[..., Worker],
+    start_gateway: Callable[..., Gateway],
+) -> None:
+    # Given a gateway, echo served by a worker, and an agent nobody serves (its invokes
+    # wait until their timeout), and a flooding caller allowed 50 requests in flight
+    start_worker("--agents", "echo")
+    settings = backend.settings
+    storage.register_agents(
+        storage.engine_for(settings.database),
+        [("void", inbox_name("void", settings))],
+        kind="handler",
+        now=time.time(),
+    )
+    gateway = start_gateway(AGENTPOST_GATEWAY_MAX_IN_FLIGHT="50")
+    _, flood_key = create_key(backend, "flooder", "void", "invoke")
+
+    async def scenario() -> tuple[list[int], float, int, float, int]:
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60, limits=limits) as http:
+
+            def invoke_void(n: int) -> asyncio.Task[httpx.Response]:
+                return asyncio.create_task(
+                    http.post(
+                        "/v1/agents/void/invoke",
+                        headers={"X-API-Key": flood_key},
+                        json={"payload": {"n": n}, "timeout_s": 20},
+                    )
+                )
+
+            flood = [invoke_void(n) for n in range(50)]
+            # When its 50 invokes are waiting (their messages stored), and it sends more
+            deadline = time.monotonic() + 30
+            while _stored("void") < 50 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            refused = [r.status_code for r in await asyncio.gather(*map(invoke_void, range(5)))]
+            # Then another caller's health check and a quick invoke are answered promptly
+            own = {"X-API-Key": gateway.api_key}
+            t0 = time.perf_counter()
+            health = await http.get("/healthz", headers=own, timeout=5)
+            health_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            quick = await http.post(
+                "/v1/agents/echo/invoke", headers=own, json={"payload": 1, "timeout_s": 5}
+            )
+            quick_s = time.perf_counter() - t0
+            for task in flood:
+                task.cancel()
+            return refused, health_s, health.status_code, quick_s, quick.status_code
+
+    engine = storage.engine_for(settings.database)
+
+    def _stored(agent: str) -> int:
+        with engine.connect() as conn:
+            query = text("SELECT count(*) FROM agentpost_messages WHERE receiver = :r")
+            return int(conn.execute(query, {"r": agent}).scalar_one())
+
+    refused, health_s, health_status, quick_s, quick_status = asyncio.run(scenario())
+    assert refused == [429] * 5
+    assert health_status == 200 and quick_status == 200
+    # (seconds here, against 17 s before the waits had a pool of their own)
+    assert health_s < 5 and quick_s < 5, (health_s, quick_s)
+    print(f"healthz {health_s:.3f} s, quick invoke {quick_s:.3f} s with 50 invokes in flight")

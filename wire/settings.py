@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     rate_limit_burst: float = Field(default=20.0, ge=1)
     gateway_max_body_bytes: int = Field(default=0, ge=0, description="0: payload limit + 64 KiB")
     gateway_max_timeout_s: float = Field(default=300.0, gt=0)
+    gateway_max_in_flight: int = Field(
+        default=64, ge=1, description="requests one caller may have in flight at once"
+    )
+    gateway_wait_threads: int = Field(
+        default=256,
+        ge=1,
+        description="threads for blocking invokes, apart from those answering everything else",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text", description="json: one JSON object per log line, with delivery fields"
     )

@@ -95,7 +95,7 @@ def create_gateway(settings: Settings | None = None) -> FastAPI:
             idempotency_key=a2a_message_id,
         )
         try:
-            done = await run_in_threadpool(gateway.invoke, _principal(request), agent, body)
+            done = await gateway.invoke_in_thread(_principal(request), agent, body)
         except InvokeTimeout as exc:
             raise HTTPException(504, str(exc)) from None
         return A2AResult(done.success, done.output, done.error, done.message_id)
@@ -147,7 +147,17 @@ def _add_auth_middleware(app: FastAPI, gateway: Gateway) -> None:
                 headers={"Retry-After": str(max(1, round(wait_s + 0.5)))},
             )
         request.state.principal = principal
-        return await call_next(request)
+        with gateway.in_flight.slot(principal.subject) as granted:
+            if not granted:
+                return JSONResponse(
+                    {
+                        "detail": f"{gateway.in_flight.limit} requests of this caller are "
+                        "in flight already (AGENTPOST_GATEWAY_MAX_IN_FLIGHT): wait for one"
+                    },
+                    status_code=429,
+                    headers={"Retry-After": "1"},
+                )
+            return await call_next(request)
 
 
 def _refusal(body: dict[str, Any], status: int) -> Response:
@@ -195,9 +205,11 @@ def _add_routes(app: FastAPI, gateway: Gateway) -> None:
         dependencies=_SECURITY,
         responses={504: {"model": ErrorBody, "description": "no reply in time"}},
     )
-    def invoke(agent: str, body: AgentInvocationRequest, caller: Caller) -> AgentInvocationResponse:
+    async def invoke(
+        agent: str, body: AgentInvocationRequest, caller: Caller
+    ) -> AgentInvocationResponse:
         """Send to ``agent`` through the bus and wait for its reply."""
-        return gateway.invoke(caller, agent, body)
+        return await gateway.invoke_in_thread(caller, agent, body)
 
     @app.post("/v1/messages", status_code=202, dependencies=_SECURITY)
     def send(body: MessageRequest, caller: Caller) -> MessageAccepted:

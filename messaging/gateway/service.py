@@ -10,11 +10,14 @@ import threading
 import time
 from typing import NoReturn
 
+import anyio
+import anyio.to_thread
 from fastapi import HTTPException
 
 import storage
 from messaging.client import Client
 from messaging.gateway.auth import Authenticator, Operation, Principal, check_gateway_settings
+from messaging.gateway.inflight import InFlight
 from messaging.gateway.models import AgentInvocationRequest, AgentInvocationResponse
 from messaging.gateway.ratelimit import RateLimiter
 from messaging.results import MessageState
@@ -36,7 +39,20 @@ class Gateway:
             storage.create_schema(self.engine)
         self.auth = Authenticator(settings, self.engine)
         self.limiter = RateLimiter(settings)
+        self.in_flight = InFlight(settings.gateway_max_in_flight)
         self._local = threading.local()
+        self._wait_limiter: anyio.CapacityLimiter | None = None
+
+    async def invoke_in_thread(
+        self, principal: Principal, agent: str, body: AgentInvocationRequest
+    ) -> AgentInvocationResponse:
+        """``invoke`` on a thread of the wait pool: blocking invokes never hold the
+        threads that authenticate and answer everything else."""
+        if self._wait_limiter is None:  # made in the event loop, on first use
+            self._wait_limiter = anyio.CapacityLimiter(self.settings.gateway_wait_threads)
+        return await anyio.to_thread.run_sync(
+            self.invoke, principal, agent, body, limiter=self._wait_limiter
+        )
 
     @property
     def client(self) -> Client:
