@@ -366,6 +366,9 @@ GATEWAY_ENV = {
     "AGENTPOST_JWT_AUDIENCE": "agentpost",
     "AGENTPOST_RATE_LIMIT_PER_S": "1000",
     "AGENTPOST_RATE_LIMIT_BURST": "1000",
+    # The auth matrix fails authentication on purpose, many times from one address
+    "AGENTPOST_AUTH_FAILURES_PER_S": "1000",
+    "AGENTPOST_AUTH_FAILURES_BURST": "1000",
 }
 
 

@@ -232,3 +232,36 @@ def test_one_caller_s_flood_of_waiting_invokes_does_not_stall_the_others(
     # (seconds here, against 17 s before the waits had a pool of their own)
     assert health_s < 5 and quick_s < 5, (health_s, quick_s)
     print(f"healthz {health_s:.3f} s, quick invoke {quick_s:.3f} s with 50 invokes in flight")
+
+
+def test_failed_authentication_is_rate_limited_per_address_and_audits_a_bounded_number(
+    backend: Backend, start_gateway: Callable[..., Gateway]
+) -> None:
+    # Given a gateway with the default allowance of failed authentications (10, then 1/s)
+    gateway = start_gateway(AGENTPOST_AUTH_FAILURES_PER_S="1", AGENTPOST_AUTH_FAILURES_BURST="10")
+    engine = storage.engine_for(backend.settings.database)
+
+    def audit_rows() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM agentpost_audit")).scalar_one())
+
+    before = audit_rows()
+
+    # When 120 requests with bad keys arrive at once from one address
+    async def guess() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=40)
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30, limits=limits) as http:
+            return await asyncio.gather(
+                *(http.get("/healthz", headers={"X-API-Key": f"guess-{n}"}) for n in range(120))
+            )
+
+    answers = [r.status_code for r in asyncio.run(guess())]
+    # Then the allowance was answered 401 and the rest 429, and only the 401s were audited
+    unauthorized, limited = answers.count(401), answers.count(429)
+    assert unauthorized + limited == 120, answers
+    # (the start-up probe's own 401s used part of the allowance)
+    assert 1 <= unauthorized <= 30 and limited >= 90, answers
+    assert audit_rows() - before == unauthorized
+    # And a caller with a good key is not affected (its own bucket)
+    own = httpx.get(f"{gateway.url}/healthz", headers={"X-API-Key": gateway.api_key}, timeout=10)
+    assert own.status_code == 200

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     jwt_audience: str = ""
     rate_limit_per_s: float = Field(default=10.0, gt=0, description="gateway calls per caller")
     rate_limit_burst: float = Field(default=20.0, ge=1)
+    auth_failures_per_s: float = Field(
+        default=1.0, gt=0, description="failed authentications per client address"
+    )
+    auth_failures_burst: float = Field(default=10.0, ge=1)
     gateway_max_body_bytes: int = Field(default=0, ge=0, description="0: payload limit + 64 KiB")
     gateway_max_timeout_s: float = Field(default=300.0, gt=0)
     gateway_max_in_flight: int = Field(

@@ -124,6 +124,16 @@ def _add_auth_middleware(app: FastAPI, gateway: Gateway) -> None:
         try:
             principal = await run_in_threadpool(gateway.auth.authenticate, request.headers)
         except AuthFailed as exc:
+            address = request.client.host if request.client else "?"
+            wait_s = await run_in_threadpool(gateway.limiter.failure_wait_s, address)
+            if wait_s > 0:
+                # Past the address's allowance: refused unaudited, so a guesser cannot
+                # write rows without bound (the allowance's refusals are audited).
+                return JSONResponse(
+                    {"detail": "too many failed authentications from this address"},
+                    status_code=429,
+                    headers={"Retry-After": str(max(1, round(wait_s + 0.5)))},
+                )
             await run_in_threadpool(
                 gateway.audit,
                 exc.subject,

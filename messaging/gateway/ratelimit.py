@@ -48,16 +48,27 @@ class RateLimiter:
     def wait_s(self, subject: str) -> float:
         """Take a token for ``subject`` (seconds to wait if there was none)."""
         settings = self._settings
+        return self._take(subject, settings.rate_limit_per_s, settings.rate_limit_burst)
+
+    def failure_wait_s(self, address: str) -> float:
+        """Take a token for one failed authentication from ``address``: a guesser is
+        slowed, and its refusals write a bounded number of audit rows."""
+        settings = self._settings
+        return self._take(
+            f"authfail:{address}"[:64],
+            settings.auth_failures_per_s,
+            settings.auth_failures_burst,
+        )
+
+    def _take(self, bucket: str, rate_per_s: float, burst: float) -> float:
+        settings = self._settings
         if self._script is not None:
-            key = f"{settings.namespace}agentpost:rate:{subject}"
-            waited = self._script(
-                keys=[key], args=[settings.rate_limit_per_s, settings.rate_limit_burst]
-            )
-            return float(waited)
+            key = f"{settings.namespace}agentpost:rate:{bucket}"
+            return float(self._script(keys=[key], args=[rate_per_s, burst]))
         return storage.take_token(
             storage.engine_for(settings.database),
-            subject,
-            rate_per_s=settings.rate_limit_per_s,
-            burst=settings.rate_limit_burst,
+            bucket,
+            rate_per_s=rate_per_s,
+            burst=burst,
             now=time.time(),
         )
