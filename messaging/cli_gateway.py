@@ -125,9 +125,11 @@ def register(app: typer.Typer) -> None:
             }
             for r in rows
         ]
+        from messaging.render import cells
+
         table = Table("id", "subject", "agents", "ops", "created", "revoked")
         for d in data:
-            table.add_row(*(str(d[k] or "") for k in d))
+            table.add_row(*cells(*(d[k] or "" for k in d)))
         emit(data, as_json, table)
 
     @keys.command("revoke")
@@ -183,7 +185,9 @@ def register(app: typer.Typer) -> None:
             }
             for r in rows
         ]
+        from messaging.render import cells
+
         table = Table("at", "subject", "action", "agent", "message", "outcome", "detail")
         for d in data:
-            table.add_row(*(str(d[k] or "") for k in d))
+            table.add_row(*cells(*(d[k] or "" for k in d)))
         emit(data, as_json, table)

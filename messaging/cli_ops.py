@@ -66,17 +66,21 @@ def parse_since(text: str | None) -> float | None:
 
 
 def _status_table(states: list[MessageState]) -> Table:
+    from messaging.render import cells
+
     table = Table("id", "sender → receiver", "status", "reason", "attempts", "finished", "error")
     for s in states:
         finished = s.finished_at.strftime("%Y-%m-%d %H:%M:%S") if s.finished_at else ""
         table.add_row(
-            s.message_id,
-            f"{s.sender} → {s.receiver}",
-            s.status,
-            s.dead_reason or "",
-            str(s.attempts),
-            finished,
-            (s.error or "")[:60],
+            *cells(
+                s.message_id,
+                f"{s.sender} → {s.receiver}",
+                s.status,
+                s.dead_reason or "",
+                s.attempts,
+                finished,
+                (s.error or "")[:60],
+            )
         )
     return table
 
@@ -171,19 +175,23 @@ def register(app: typer.Typer) -> None:
         """Registered agents with queue depth, consumers online and message counts."""
         with _client(create_store=False) as client:
             stats = client.agent_stats()
+        from messaging.render import cells
+
         table = Table(
             "agent", "kind", "queue depth", "consumers", "queued", "delivered", "retrying", "dead"
         )
         for row in stats:
             table.add_row(
-                row.name,
-                row.kind,
-                _opt(row.queue_depth),
-                _opt(row.consumers),
-                str(row.counts.get("queued", 0)),
-                str(row.counts.get("delivered", 0)),
-                str(row.counts.get("retrying", 0)),
-                str(row.counts.get("dead", 0)),
+                *cells(
+                    row.name,
+                    row.kind,
+                    _opt(row.queue_depth),
+                    _opt(row.consumers),
+                    row.counts.get("queued", 0),
+                    row.counts.get("delivered", 0),
+                    row.counts.get("retrying", 0),
+                    row.counts.get("dead", 0),
+                )
             )
         emit(stats, as_json, table)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 
 from rich.console import Group
@@ -12,9 +13,22 @@ from rich.tree import Tree
 
 from messaging.results import AttemptInfo, MessageState
 
-__all__ = ["chain_tree", "dead_letter_panel", "mermaid_sequence"]
+__all__ = ["cells", "chain_tree", "dead_letter_panel", "mermaid_sequence", "printable"]
 
 _STYLE = {"delivered": "green", "dead": "red", "retrying": "yellow", "running": "cyan"}
+# C0 and C1 control characters but tab and newline: ESC starts a terminal command.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters shown as ``\\xNN`` instead of sent to the terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def cells(*values: object) -> list[Text]:
+    """Table cells shown as they are: stored text (request paths, errors, names from
+    outside) is never read as Rich markup, nor passes terminal control codes."""
+    return [Text(printable("" if value is None else str(value))) for value in values]
 
 
 def _attempt_line(attempt: AttemptInfo) -> Text:
@@ -26,7 +40,7 @@ def _attempt_line(attempt: AttemptInfo) -> Text:
         style=_STYLE.get(attempt.outcome, "yellow"),
     )
     if attempt.error:
-        line.append(f"  {attempt.error}", style="dim")
+        line.append(f"  {printable(attempt.error)}", style="dim")
     return line
 
 

@@ -27,6 +27,7 @@ from tests.conftest import (
     Backend,
     Gateway,
     Worker,
+    agentpost_cli,
     create_key,
     lose_queued_messages,
     wait_final,
@@ -265,3 +266,27 @@ def test_failed_authentication_is_rate_limited_per_address_and_audits_a_bounded_
     # And a caller with a good key is not affected (its own bucket)
     own = httpx.get(f"{gateway.url}/healthz", headers={"X-API-Key": gateway.api_key}, timeout=10)
     assert own.status_code == 200
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_the_audit_command_prints_stored_text_as_text(backend: Backend) -> None:
+    # Given audit rows whose path and detail came from a caller: Rich markup, a stray
+    # closing tag (which Rich refuses to render) and terminal escape sequences
+    engine = storage.engine_for(backend.settings.database)
+    storage.create_schema(engine)
+    storage.record_audit(
+        engine,
+        storage.AuditEntry(
+            at=time.time(),
+            subject="[bold red]evil[/]",
+            action="GET /x[/oops]",
+            outcome="denied",
+            detail="\x1b[2J\x1b]0;owned\x07cleared",
+        ),
+    )
+    # When an operator lists them
+    done = agentpost_cli(backend, "audit")
+    # Then the command works and shows the text, with no escape sequence reaching the terminal
+    assert done.returncode == 0, done.stderr
+    assert "[bold red]evil[/]" in done.stdout and "/x[/oops]" in done.stdout, done.stdout
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout
