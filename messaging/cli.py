@@ -173,7 +173,7 @@ def beat(loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO") ->
     from wire.settings import Settings
 
     settings = Settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     create_app(settings).start(["beat", "-s", str(settings.home / "beat-schedule"), "-l", loglevel])
 
 

@@ -48,7 +48,7 @@ def run_demo(home: Path, *, timeout_s: float = 120.0) -> int:
     settings = Settings()
     console.rule("agentpost demo — embedded default (filesystem broker + SQLite)")
     console.print(f"store and broker under {settings.home}")
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     log_path = settings.home / "worker.log"
     console.print(f"worker log: {log_path}")
     with log_path.open("wb") as log:

@@ -6,6 +6,7 @@ several processes queue on the busy timeout instead of failing on a lock upgrade
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -67,7 +68,10 @@ def _make_engine(url: str) -> Engine:
 
 def _sqlite_engine(url: str, database: str | None) -> Engine:
     if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Made here, owner-only: SQLite gives its journal and WAL files the same mode.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     # NullPool: a SQLite connection is cheap, and no pooled handle can leak across fork.
     engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
 

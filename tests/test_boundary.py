@@ -29,6 +29,7 @@ import storage
 from messaging import (
     BrokerUnavailable,
     Client,
+    ConfigurationError,
     SchemaOutdated,
     Settings,
     StoreUnavailable,
@@ -220,3 +221,42 @@ def test_a_send_with_the_broker_down_is_accepted_with_one_warning_naming_it(
     assert len(warnings) == 1, warnings
     assert "not published" in warnings[0] and f"127.0.0.1:{port}" in warnings[0], warnings
     assert "the sweeper will republish" in warnings[0] and "guest:guest" not in warnings[0]
+
+
+def test_the_embedded_store_and_broker_are_the_owner_s_only(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    client = Client(Settings(home=home))
+    storage.register_agents(
+        client.engine, [("echo", inbox_name("echo", client.settings))], kind="handler", now=0
+    )
+    client.send("echo", 1, sender="t")
+    client.close()
+    assert home.stat().st_mode & 0o777 == 0o700
+    assert (home / "store.db").stat().st_mode & 0o777 == 0o600
+    folders = [p for p in home.rglob("*") if p.is_dir()]
+    assert folders and all(p.stat().st_mode & 0o077 == 0 for p in folders), [
+        (p, oct(p.stat().st_mode)) for p in folders
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "refusal"),
+    [
+        ({"gateway_secret": "short"}, "at least 16 characters"),
+        (
+            {"gateway_auth": ["jwt"], "jwt_key": "k" * 40, "jwt_algorithms": ["RS256", "HS256"]},
+            "mixes HMAC and public-key",
+        ),
+        (
+            {"gateway_auth": ["jwt"], "jwt_key": "1", "jwt_algorithms": ["HS256"]},
+            "at least 32 bytes",
+        ),
+    ],
+)
+def test_weak_gateway_secrets_are_refused_at_start(
+    settings: dict[str, object], refusal: str, tmp_path: Path
+) -> None:
+    from messaging.gateway.auth import check_gateway_settings  # noqa: PLC0415
+
+    with pytest.raises(ConfigurationError, match=refusal):
+        check_gateway_settings(Settings(home=tmp_path, **settings))

@@ -92,7 +92,7 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway
     set_hypothesis_home_dir(tmp_path / "hypothesis")
     settings_ = Settings(
         home=tmp_path / "home",
-        gateway_secret="fuzz-secret",
+        gateway_secret="fuzz-secret-long-enough",
         gateway_max_timeout_s=0.2,
         rate_limit_per_s=100_000,
         rate_limit_burst=100_000,

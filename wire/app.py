@@ -65,7 +65,8 @@ def create_app(settings: Settings | None = None) -> AgentpostCelery:
     """Build the Celery app for ``settings`` (default: from the environment)."""
     settings = settings or Settings()
     try:
-        settings.home.mkdir(parents=True, exist_ok=True)  # beat schedule, embedded broker
+        # The beat schedule, the embedded broker: the owner's only.
+        settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigurationError(
             f"AGENTPOST_HOME {settings.home} cannot be created ({exc.strerror}): "

@@ -28,8 +28,8 @@ class TransportProfile:
         if self.name == "filesystem":
             root = settings.home / "broker"
             folders = {"queue": root / "queue", "control": root / "control"}
-            for folder in folders.values():
-                folder.mkdir(parents=True, exist_ok=True)
+            for folder in (settings.home, root, *folders.values()):  # each owner-only
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             return {
                 "data_folder_in": str(folders["queue"]),
                 "data_folder_out": str(folders["queue"]),

@@ -87,7 +87,7 @@ class Channel(filesystem.Channel):
         return [exchange_queue_t(*q) for q in loads(data.decode())] if data else []
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str | None, queue: str) -> None:
-        self.control_folder.mkdir(exist_ok=True)
+        self.control_folder.mkdir(mode=0o700, exist_ok=True)
         binding = exchange_queue_t(routing_key or "", pattern or "", queue or "")
         self._edit_table(
             exchange, lambda queues: queues if binding in queues else [binding, *queues]
@@ -128,7 +128,7 @@ class Transport(filesystem.Transport):
 def _sibling(folder: Path, name: str) -> Path:
     # Made once per process and folder, not once per publish or poll.
     path = folder.parent / f"{folder.name}.{name}"
-    path.mkdir(exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
     return path
 
 

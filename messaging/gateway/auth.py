@@ -15,7 +15,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -130,12 +130,38 @@ def check_gateway_settings(settings: Settings) -> None:
         )
     if "api_key" in providers and not settings.gateway_secret.get_secret_value():
         raise ConfigurationError("API keys need AGENTPOST_GATEWAY_SECRET (the digest key)")
-    if "jwt" in providers and not settings.jwt_key.get_secret_value():
-        raise ConfigurationError("JWT auth needs AGENTPOST_JWT_KEY (secret or public key)")
+    if "api_key" in providers and len(settings.gateway_secret.get_secret_value()) < _MIN_SECRET:
+        raise ConfigurationError(
+            f"AGENTPOST_GATEWAY_SECRET must be at least {_MIN_SECRET} characters (make one "
+            "with: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    if "jwt" in providers:
+        _check_jwt(settings.jwt_key.get_secret_value(), settings.jwt_algorithms)
     if "allow_all" in providers:
         log.warning(
             "!!! AGENTPOST_DEV_ALLOW_ALL is on: the gateway authenticates NOBODY; "
             "every caller may invoke, send to, read and redrive every agent !!!"
+        )
+
+
+_MIN_SECRET = 16  # characters of the gateway secret
+_MIN_HMAC_KEY = 32  # bytes of an HS* JWT key: RFC 7518 asks for the hash's size
+
+
+def _check_jwt(key: str, algorithms: Sequence[str]) -> None:
+    if not key:
+        raise ConfigurationError("JWT auth needs AGENTPOST_JWT_KEY (secret or public key)")
+    hmac_algorithms = [a for a in algorithms if a.upper().startswith("HS")]
+    if hmac_algorithms and len(hmac_algorithms) != len(algorithms):
+        # One key for both families: a public key would be accepted as an HMAC secret.
+        raise ConfigurationError(
+            f"AGENTPOST_JWT_ALGORITHMS={','.join(algorithms)} mixes HMAC and public-key "
+            "algorithms: pin one family (HS256, or RS256/ES256...)"
+        )
+    if hmac_algorithms and len(key.encode()) < _MIN_HMAC_KEY:
+        raise ConfigurationError(
+            f"AGENTPOST_JWT_KEY must be at least {_MIN_HMAC_KEY} bytes for "
+            f"{','.join(hmac_algorithms)}"
         )
 
 
@@ -208,7 +234,7 @@ class Authenticator:
             raise AuthFailed("token for another audience") from None
         except jwt.InvalidIssuerError:
             raise AuthFailed("token from another issuer") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # a bad token, or a key unfit for its algorithm
             raise AuthFailed(f"invalid token ({type(exc).__name__})") from None
         try:
             subject = validate_agent_name(str(claims["sub"]))
