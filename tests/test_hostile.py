@@ -24,12 +24,16 @@ from sqlalchemy import text
 import storage
 from messaging import Envelope
 from tests.conftest import (
+    GATEWAY_ENV,
     Backend,
     Gateway,
     Worker,
     agentpost_cli,
+    answers,
     create_key,
+    free_port,
     lose_queued_messages,
+    serving,
     wait_final,
     wait_for,
 )
@@ -189,22 +193,23 @@ def test_one_caller_s_flood_of_waiting_invokes_does_not_stall_the_others(
 
     async def scenario() -> tuple[list[int], float, int, float, int]:
         limits = httpx.Limits(max_connections=100)
-        async with httpx.AsyncClient(base_url=gateway.url, timeout=60, limits=limits) as http:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=180, limits=limits) as http:
 
             def invoke_void(n: int) -> asyncio.Task[httpx.Response]:
                 return asyncio.create_task(
                     http.post(
                         "/v1/agents/void/invoke",
                         headers={"X-API-Key": flood_key},
-                        json={"payload": {"n": n}, "timeout_s": 20},
+                        json={"payload": {"n": n}, "timeout_s": 120},
                     )
                 )
 
             flood = [invoke_void(n) for n in range(50)]
             # When its 50 invokes are waiting (their messages stored), and it sends more
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 90
             while _stored("void") < 50 and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
+            assert _stored("void") == 50, "the flood's invokes did not all arrive"
             refused = [r.status_code for r in await asyncio.gather(*map(invoke_void, range(5)))]
             # Then another caller's health check and a quick invoke are answered promptly
             own = {"X-API-Key": gateway.api_key}
@@ -290,3 +295,24 @@ def test_the_audit_command_prints_stored_text_as_text(backend: Backend) -> None:
     assert done.returncode == 0, done.stderr
     assert "[bold red]evil[/]" in done.stdout and "/x[/oops]" in done.stdout, done.stdout
     assert "\x1b" not in done.stdout and "\x07" not in done.stdout
+
+
+@pytest.mark.parametrize("backend", ["redis"], indirect=True)
+def test_with_the_rate_limit_s_redis_down_the_gateway_answers_503_naming_it(
+    backend: Backend,
+) -> None:
+    # Given a gateway whose broker (and so its rate-limit buckets) is a Redis that is down
+    backend.env.update(GATEWAY_ENV)
+    _, key = create_key(backend, "caller", "echo", "invoke,read")
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    url = f"http://127.0.0.1:{free_port()}"
+    up = answers(f"{url}/healthz", 503)
+    argv = ["serve", "--port", url.rsplit(":", 1)[1]]
+    with serving(backend, argv, up, env={"AGENTPOST_BROKER_URL": down}):
+        # When a caller with a good key, and one without, ask
+        health = httpx.get(f"{url}/healthz", headers={"X-API-Key": key}, timeout=10)
+        anonymous = httpx.get(f"{url}/v1/dead-letters", timeout=10)
+    # Then both are told the service is unavailable and why, not a bare 500
+    for answer in (health, anonymous):
+        assert answer.status_code == 503, answer.text
+        assert "broker" in answer.json()["detail"], answer.text

@@ -122,41 +122,13 @@ def _add_auth_middleware(app: FastAPI, gateway: Gateway) -> None:
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         try:
-            principal = await run_in_threadpool(gateway.auth.authenticate, request.headers)
-        except AuthFailed as exc:
-            address = request.client.host if request.client else "?"
-            wait_s = await run_in_threadpool(gateway.limiter.failure_wait_s, address)
-            if wait_s > 0:
-                # Past the address's allowance: refused unaudited, so a guesser cannot
-                # write rows without bound (the allowance's refusals are audited).
-                return JSONResponse(
-                    {"detail": "too many failed authentications from this address"},
-                    status_code=429,
-                    headers={"Retry-After": str(max(1, round(wait_s + 0.5)))},
-                )
-            await run_in_threadpool(
-                gateway.audit,
-                exc.subject,
-                f"{request.method} {request.url.path}"[:32],
-                "denied",
-                detail=str(exc),
-            )
-            return JSONResponse(
-                {"detail": f"unauthenticated: {exc}"},
-                status_code=401,
-                headers={"WWW-Authenticate": 'Bearer, ApiKey header="X-API-Key"'},
-            )
-        wait_s = await run_in_threadpool(gateway.limiter.wait_s, principal.subject)
-        if wait_s > 0:
-            await run_in_threadpool(
-                gateway.audit, principal.subject, "rate", "limited", detail=request.url.path
-            )
-            return JSONResponse(
-                {"detail": f"rate limit: {gateway.settings.rate_limit_per_s:g}/s per caller"},
-                status_code=429,
-                headers={"Retry-After": str(max(1, round(wait_s + 0.5)))},
-            )
-        request.state.principal = principal
+            admitted = await _admit(gateway, request)
+        except (StoreUnavailable, BrokerUnavailable) as exc:
+            # The key store or the rate limit's buckets are down: say which, as a 503.
+            return _refusal({"detail": str(exc)}, 503)
+        if isinstance(admitted, Response):
+            return admitted  # refused
+        principal = request.state.principal = admitted
         with gateway.in_flight.slot(principal.subject) as granted:
             if not granted:
                 return JSONResponse(
@@ -168,6 +140,51 @@ def _add_auth_middleware(app: FastAPI, gateway: Gateway) -> None:
                     headers={"Retry-After": "1"},
                 )
             return await call_next(request)
+
+
+async def _admit(gateway: Gateway, request: Request) -> Principal | Response:
+    """The caller, authenticated and within its rate, or the response refusing it.
+
+    Raises:
+        StoreUnavailable, BrokerUnavailable: the keys or the buckets cannot be read.
+    """
+    try:
+        principal = await run_in_threadpool(gateway.auth.authenticate, request.headers)
+    except AuthFailed as exc:
+        address = request.client.host if request.client else "?"
+        wait_s = await run_in_threadpool(gateway.limiter.failure_wait_s, address)
+        if wait_s > 0:
+            # Past the address's allowance: refused unaudited, so a guesser cannot
+            # write rows without bound (the allowance's refusals are audited).
+            return _too_many("too many failed authentications from this address", wait_s)
+        await run_in_threadpool(
+            gateway.audit,
+            exc.subject,
+            f"{request.method} {request.url.path}"[:32],
+            "denied",
+            detail=str(exc),
+        )
+        return JSONResponse(
+            {"detail": f"unauthenticated: {exc}"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer, ApiKey header="X-API-Key"'},
+        )
+    wait_s = await run_in_threadpool(gateway.limiter.wait_s, principal.subject)
+    if wait_s > 0:
+        await run_in_threadpool(
+            gateway.audit, principal.subject, "rate", "limited", detail=request.url.path
+        )
+        limit = f"rate limit: {gateway.settings.rate_limit_per_s:g}/s per caller"
+        return _too_many(limit, wait_s)
+    return principal
+
+
+def _too_many(detail: str, wait_s: float) -> Response:
+    return JSONResponse(
+        {"detail": detail},
+        status_code=429,
+        headers={"Retry-After": str(max(1, round(wait_s + 0.5)))},
+    )
 
 
 def _refusal(body: dict[str, Any], status: int) -> Response:

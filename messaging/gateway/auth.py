@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 
 import storage
 from messaging.envelope import validate_agent_name
+from wire.boundary import store_errors
 from wire.errors import ConfigurationError, InvalidEnvelope
 from wire.settings import Settings
 
@@ -197,7 +198,8 @@ class Authenticator:
         parts = key.split("_", 2)
         if len(parts) != 3 or parts[0] != _KEY_PREFIX:
             raise AuthFailed("malformed API key")
-        row = storage.find_key(self._engine, parts[1])
+        with store_errors(self._settings.database):
+            row = storage.find_key(self._engine, parts[1])
         secret = self._settings.gateway_secret.get_secret_value()
         # Compare even when the id is unknown, so timing does not tell ids apart.
         expected = row.digest if row is not None else "0" * 64

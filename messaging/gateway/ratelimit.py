@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 import storage
+from wire.boundary import broker_errors, store_errors
 from wire.settings import Settings
 
 __all__ = ["RateLimiter"]
@@ -61,14 +62,17 @@ class RateLimiter:
         )
 
     def _take(self, bucket: str, rate_per_s: float, burst: float) -> float:
+        """Raises ``BrokerUnavailable`` / ``StoreUnavailable`` if the buckets are down."""
         settings = self._settings
         if self._script is not None:
             key = f"{settings.namespace}agentpost:rate:{bucket}"
-            return float(self._script(keys=[key], args=[rate_per_s, burst]))
-        return storage.take_token(
-            storage.engine_for(settings.database),
-            bucket,
-            rate_per_s=rate_per_s,
-            burst=burst,
-            now=time.time(),
-        )
+            with broker_errors(settings.broker):
+                return float(self._script(keys=[key], args=[rate_per_s, burst]))
+        with store_errors(settings.database):
+            return storage.take_token(
+                storage.engine_for(settings.database),
+                bucket,
+                rate_per_s=rate_per_s,
+                burst=burst,
+                now=time.time(),
+            )
