@@ -20,6 +20,7 @@ from storage.owned import create_owned_tables
 from storage.queries import (
     ReplyState,
     attempts_of,
+    chain_starter,
     dead_letters,
     get_message,
     ids_starting,
@@ -89,6 +90,7 @@ __all__ = [
     "audit_entries",
     "begin_sweep",
     "broker_epoch",
+    "chain_starter",
     "claim",
     "claim_next",
     "complete",

@@ -17,7 +17,17 @@ def take_token(
     engine: Engine, subject: str, *, rate_per_s: float, burst: float, now: float
 ) -> float:
     """Take one token; returns 0 if taken, else the seconds until one is available."""
-    refilled = RATE_BUCKETS.c.tokens + (literal(now) - RATE_BUCKETS.c.updated_at) * rate_per_s
+    # Callers read their clocks before they wait for the row: a take that arrives with
+    # an older ``now`` than the row's refills nothing (a negative refill would drain it).
+    elapsed = case(
+        (literal(now) > RATE_BUCKETS.c.updated_at, literal(now) - RATE_BUCKETS.c.updated_at),
+        else_=literal(0.0),
+    )
+    latest = case(
+        (literal(now) > RATE_BUCKETS.c.updated_at, literal(now)),
+        else_=RATE_BUCKETS.c.updated_at,
+    )
+    refilled = RATE_BUCKETS.c.tokens + elapsed * rate_per_s
     capped = case((refilled > burst, literal(burst)), else_=refilled)
     with engine.begin() as conn:
         insert = dialect_insert(conn)(RATE_BUCKETS).values(
@@ -26,7 +36,7 @@ def take_token(
         taken = conn.execute(
             insert.on_conflict_do_update(
                 index_elements=[RATE_BUCKETS.c.subject],
-                set_={"tokens": capped - 1, "updated_at": now},
+                set_={"tokens": capped - 1, "updated_at": latest},
                 where=capped >= 1,
             ).returning(RATE_BUCKETS.c.tokens)
         ).first()

@@ -18,6 +18,7 @@ from storage.tables import Attempt, Message
 __all__ = [
     "ReplyState",
     "attempts_of",
+    "chain_starter",
     "dead_letters",
     "get_message",
     "ids_starting",
@@ -73,6 +74,18 @@ def trace(engine: Engine, correlation_id: str) -> list[Message]:
             .order_by(MESSAGES.c.created_at, MESSAGES.c.id)
         ).all()
     return [Message.model_validate(r._mapping) for r in rows]
+
+
+def chain_starter(engine: Engine, correlation_id: str) -> str | None:
+    """The sender of a correlation chain's first message (``None``: no such chain)."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(MESSAGES.c.sender)
+            .where(MESSAGES.c.correlation_id == correlation_id)
+            .order_by(MESSAGES.c.created_at, MESSAGES.c.id)
+            .limit(1)
+        ).scalar()
+    return None if found is None else str(found)
 
 
 def dead_letters(

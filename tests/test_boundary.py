@@ -260,3 +260,39 @@ def test_weak_gateway_secrets_are_refused_at_start(
 
     with pytest.raises(ConfigurationError, match=refusal):
         check_gateway_settings(Settings(home=tmp_path, **settings))
+
+
+def test_a_jwt_living_longer_than_the_maximum_is_refused(tmp_path: Path) -> None:
+    import jwt  # noqa: PLC0415
+
+    from messaging.gateway.auth import Authenticator, AuthFailed  # noqa: PLC0415
+
+    key = "k" * 40
+    settings = Settings(home=tmp_path, gateway_auth=["jwt"], jwt_key=key, jwt_algorithms=["HS256"])
+    auth = Authenticator(settings, storage.engine_for(settings.database))
+    now = int(time.time())
+
+    def bearer(**claims: object) -> dict[str, str]:
+        token = jwt.encode({"sub": "caller", **claims}, key, algorithm="HS256")
+        return {"authorization": f"Bearer {token}"}
+
+    assert auth.authenticate(bearer(iat=now, exp=now + 3600)).subject == "caller"
+    for claims in ({"iat": now, "exp": now + 3601}, {"exp": now + 86400}):
+        with pytest.raises(AuthFailed, match="lives longer than AGENTPOST_JWT_MAX_LIFETIME_S"):
+            auth.authenticate(bearer(**claims))
+
+
+def test_a_rate_bucket_take_with_an_older_clock_refills_nothing_and_drains_nothing(
+    tmp_path: Path,
+) -> None:
+    engine = storage.engine_for(f"sqlite:///{tmp_path / 'store.db'}")
+    storage.create_schema(engine)
+
+    def take(now: float) -> float:
+        return storage.take_token(engine, "caller", rate_per_s=1000, burst=3, now=now)
+
+    # Three callers read their clocks, then reached the row out of order
+    assert [take(100.0), take(99.95), take(99.9)] == [0.0, 0.0, 0.0]
+    # The bucket holds 0 now: empty, not -100 (which 50 ms of negative refill would make)
+    assert take(99.9) > 0
+    assert take(100.002) == 0.0  # 2 ms later at 1000/s: refilled

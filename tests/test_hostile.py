@@ -209,7 +209,8 @@ def test_one_caller_s_flood_of_waiting_invokes_does_not_stall_the_others(
             deadline = time.monotonic() + 90
             while _stored("void") < 50 and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
-            assert _stored("void") == 50, "the flood's invokes did not all arrive"
+            ended = [(t.result().status_code, t.result().text[:300]) for t in flood if t.done()]
+            assert _stored("void") == 50, f"the flood's invokes did not all arrive: {ended}"
             refused = [r.status_code for r in await asyncio.gather(*map(invoke_void, range(5)))]
             # Then another caller's health check and a quick invoke are answered promptly
             own = {"X-API-Key": gateway.api_key}
@@ -316,3 +317,22 @@ def test_with_the_rate_limit_s_redis_down_the_gateway_answers_503_naming_it(
     for answer in (health, anonymous):
         assert answer.status_code == 503, answer.text
         assert "broker" in answer.json()["detail"], answer.text
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_a_caller_cannot_join_another_caller_s_chain(backend: Backend, gateway: Gateway) -> None:
+    _, other = create_key(backend, "other", "echo", "send")
+
+    def send(key: str, correlation_id: str) -> httpx.Response:
+        return httpx.post(
+            f"{gateway.url}/v1/messages",
+            headers={"X-API-Key": key},
+            json={"target_agent": "echo", "payload": 1, "correlation_id": correlation_id},
+            timeout=10,
+        )
+
+    assert send(gateway.api_key, "chain-of-caller").status_code == 202
+    assert send(gateway.api_key, "chain-of-caller").status_code == 202  # its own: fine
+    refused = send(other, "chain-of-caller")
+    assert refused.status_code == 403 and "another sender's chain" in refused.text
+    assert send(other, "chain-of-other").status_code == 202

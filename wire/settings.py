@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     )
     jwt_issuer: str = ""
     jwt_audience: str = ""
+    jwt_max_lifetime_s: float = Field(
+        default=3600.0, gt=0, description="longest life a JWT may have (exp - iat, or exp - now)"
+    )
     rate_limit_per_s: float = Field(default=10.0, gt=0, description="gateway calls per caller")
     rate_limit_burst: float = Field(default=20.0, ge=1)
     auth_failures_per_s: float = Field(

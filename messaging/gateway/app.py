@@ -244,6 +244,7 @@ def _add_routes(app: FastAPI, gateway: Gateway) -> None:
         agent = body.target_agent
         gateway.require(caller, "send", agent)
         sender = gateway.sender(caller, body.source_agent, "send", agent)
+        gateway.require_own_chain(sender, body.correlation_id)
         sent = gateway.client.send(
             agent,
             body.payload,

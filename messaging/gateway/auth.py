@@ -238,6 +238,14 @@ class Authenticator:
             raise AuthFailed("token from another issuer") from None
         except jwt.PyJWTError as exc:  # a bad token, or a key unfit for its algorithm
             raise AuthFailed(f"invalid token ({type(exc).__name__})") from None
+        issued = claims.get("iat")
+        born = float(issued) if isinstance(issued, int | float) else time.time()
+        if float(claims["exp"]) - born > settings.jwt_max_lifetime_s:
+            # A long-lived token outlives any revocation: the issuer must mint short ones.
+            raise AuthFailed(
+                f"token lives longer than AGENTPOST_JWT_MAX_LIFETIME_S "
+                f"({settings.jwt_max_lifetime_s:g} s)"
+            )
         try:
             subject = validate_agent_name(str(claims["sub"]))
         except InvalidEnvelope:

@@ -114,6 +114,20 @@ class Gateway:
             state.sender == principal.subject or principal.may("read", state.receiver)
         )
 
+    def require_own_chain(self, sender: str, correlation_id: str | None) -> None:
+        """Refuse (403) joining a correlation chain that another sender started."""
+        if not correlation_id:
+            return
+        with store_errors(self.settings.database):
+            starter = storage.chain_starter(self.engine, correlation_id)
+        if starter is not None and starter != sender:
+            self.audit(sender, "chain", "denied", detail=correlation_id[:200])
+            raise HTTPException(
+                403,
+                f"correlation {correlation_id!r} is another sender's chain: "
+                "start one of your own (or leave correlation_id out)",
+            )
+
     def invoke(
         self, principal: Principal, agent: str, body: AgentInvocationRequest
     ) -> AgentInvocationResponse:
@@ -124,6 +138,7 @@ class Gateway:
                 422, f"target_agent {body.target_agent!r} is not the agent in the path {agent!r}"
             )
         sender = self.sender(principal, body.source_agent, "invoke", agent)
+        self.require_own_chain(sender, body.correlation_id or body.conversation_id)
         timeout_s = min(body.timeout_s, self.settings.gateway_max_timeout_s)
         context = {
             "run_id": body.run_id,
