@@ -35,7 +35,7 @@ from sqlalchemy.engine import make_url
 
 import storage
 from messaging import Client, Envelope, Settings
-from wire import publish_delivery
+from wire import create_app, dead_letter_queue, publish_delivery
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ("embedded", "redis", "amqp")
@@ -479,3 +479,23 @@ def wait_final(client: Client, message_id: str, timeout_s: float = 60) -> Any:
         # Say where it stopped: the row as the store has it (the worker logs follow).
         print(f"last state of {message_id}: {last[0] if last else 'never read'}")
         raise
+
+
+def dead_letters_on_broker(backend: Backend) -> list[dict[str, Any]]:
+    """Take every message waiting in the dead-letter queue (their payloads)."""
+    settings = backend.settings
+    app = create_app(settings)
+    found = []
+    with Connection(settings.broker, transport_options=app.conf.broker_transport_options) as conn:
+        queue = conn.SimpleQueue(dead_letter_queue(settings))
+        try:
+            while True:
+                try:
+                    message = queue.get(timeout=0.5)
+                except queue.Empty:
+                    break
+                found.append(message.payload)
+                message.ack()
+        finally:
+            queue.close()
+    return found

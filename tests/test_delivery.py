@@ -18,6 +18,7 @@ from tests.conftest import (
     ROOT,
     Backend,
     Worker,
+    dead_letters_on_broker,
     lose_queued_messages,
     publish_future_envelope,
     wait_final,
@@ -80,25 +81,6 @@ def test_retries_with_backoff_then_success(
     assert state.reply == {"attempt": 3}
 
 
-def _dead_letters_on_broker(backend: Backend) -> list[dict[str, object]]:
-    settings = backend.settings
-    app = create_app(settings)
-    found = []
-    with Connection(settings.broker, transport_options=app.conf.broker_transport_options) as conn:
-        queue = conn.SimpleQueue(dead_letter_queue(settings))
-        try:
-            while True:
-                try:
-                    message = queue.get(timeout=0.5)
-                except queue.Empty:
-                    break
-                found.append(message.payload)
-                message.ack()
-        finally:
-            queue.close()
-    return found
-
-
 def test_exhausted_retries_dead_letter_with_every_error(
     backend: Backend, start_worker: Callable[..., Worker]
 ) -> None:
@@ -117,7 +99,7 @@ def test_exhausted_retries_dead_letter_with_every_error(
     assert all(a.traceback and "RuntimeError" in a.traceback for a in state.attempt_log)
     assert [d.message_id for d in client.dead_letters()] == [sent.message_id]
     # The dead-letter exchange got the envelope and its error
-    letters = wait_for(lambda: _dead_letters_on_broker(backend), 20, "the DLX message")
+    letters = wait_for(lambda: dead_letters_on_broker(backend), 20, "the DLX message")
     assert [(d["message_id"], d["reason"], d["attempts"]) for d in letters] == [
         (sent.message_id, "exhausted", 3)
     ]

@@ -31,13 +31,14 @@ from tests.conftest import (
     agentpost_cli,
     answers,
     create_key,
+    dead_letters_on_broker,
     free_port,
     lose_queued_messages,
     serving,
     wait_final,
     wait_for,
 )
-from wire import create_app, dead_letter_queue, inbox_name, inbox_queue, publish_delivery
+from wire import create_app, inbox_name, inbox_queue, publish_delivery
 
 pytestmark = pytest.mark.slow
 
@@ -72,25 +73,6 @@ def _publish_raw(
         )
 
 
-def _dead_letters(backend: Backend) -> list[dict[str, Any]]:
-    settings = backend.settings
-    app = create_app(settings)
-    found = []
-    with Connection(settings.broker, transport_options=app.conf.broker_transport_options) as conn:
-        queue = conn.SimpleQueue(dead_letter_queue(settings))
-        try:
-            while True:
-                try:
-                    message = queue.get(timeout=0.5)
-                except queue.Empty:
-                    break
-                found.append(message.payload)
-                message.ack()
-        finally:
-            queue.close()
-    return found
-
-
 def test_poison_tasks_are_dead_lettered_and_the_same_worker_goes_on(
     backend: Backend, start_worker: Callable[..., Worker]
 ) -> None:
@@ -107,7 +89,7 @@ def test_poison_tasks_are_dead_lettered_and_the_same_worker_goes_on(
     # And every poison body is in the dead-letter queue, with why it was refused
     letters: list[dict[str, Any]] = []
     wait_for(
-        lambda: letters.extend(_dead_letters(backend)) or len(letters) >= len(POISON),
+        lambda: letters.extend(dead_letters_on_broker(backend)) or len(letters) >= len(POISON),
         20,
         "the poison bodies in the dead-letter queue",
     )
