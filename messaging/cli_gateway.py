@@ -65,8 +65,10 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from messaging.gateway.auth import check_gateway_settings
+        from messaging.gateway.connections import DeadlineProtocol
 
-        check_gateway_settings(_settings())  # refuse before binding the port
+        settings = _settings()
+        check_gateway_settings(settings)  # refuse before binding the port
         uvicorn.run(
             "messaging.gateway.app:create_gateway",
             factory=True,
@@ -75,6 +77,9 @@ def register(app: typer.Typer) -> None:
             workers=workers,
             log_level="info",
             access_log=False,
+            http=DeadlineProtocol,  # a deadline on reading each request
+            timeout_keep_alive=settings.gateway_idle_timeout_s,
+            limit_concurrency=settings.gateway_max_connections,
         )
 
     @keys.command("create")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -318,3 +319,45 @@ def test_a_caller_cannot_join_another_caller_s_chain(backend: Backend, gateway: 
     refused = send(other, "chain-of-caller")
     assert refused.status_code == 403 and "another sender's chain" in refused.text
     assert send(other, "chain-of-other").status_code == 202
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+def test_silent_and_dribbling_connections_are_closed_at_the_read_deadline(
+    backend: Backend, start_gateway: Callable[..., Gateway]
+) -> None:
+    # Given a gateway giving each request 2 s to arrive whole
+    gateway = start_gateway(AGENTPOST_GATEWAY_READ_TIMEOUT_S="2")
+    host, port = gateway.url.removeprefix("http://").split(":")
+
+    def closed_after(dribble: bytes) -> float:
+        """Seconds until the server closes a socket that sends ``dribble`` a byte at a time."""
+        started = time.monotonic()
+        with socket.create_connection((host, int(port)), timeout=20) as sock:
+            sock.settimeout(0.3)
+            for byte in [dribble[i : i + 1] for i in range(len(dribble))] or [b""] * 100:
+                try:
+                    if byte:
+                        sock.sendall(byte)
+                    if sock.recv(1024) == b"":
+                        return time.monotonic() - started
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    return time.monotonic() - started
+        return time.monotonic() - started
+
+    # When one socket sends nothing, one dribbles its headers, one its body
+    silent = closed_after(b"")
+    headers = closed_after(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Api-Key: " + b"k" * 200)
+    body = closed_after(
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n"
+        b"Content-Type: application/json\r\nX-API-Key: "
+        + gateway.api_key.encode()
+        + b"\r\n\r\n"
+        + b"{" * 200
+    )
+    # Then each is closed near the deadline (they were held for as long as they liked),
+    # and the gateway still answers a normal request
+    assert all(1.5 < held < 8 for held in (silent, headers, body)), (silent, headers, body)
+    own = httpx.get(f"{gateway.url}/healthz", headers={"X-API-Key": gateway.api_key}, timeout=10)
+    assert own.status_code == 200

@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     gateway_max_in_flight: int = Field(
         default=64, ge=1, description="requests one caller may have in flight at once"
     )
+    gateway_read_timeout_s: float = Field(
+        default=10.0, gt=0, description="a request's headers and body must arrive within this"
+    )
+    gateway_idle_timeout_s: int = Field(
+        default=5, ge=1, description="an idle keep-alive connection is closed after this"
+    )
+    gateway_max_connections: int = Field(
+        default=1000, ge=1, description="connections one gateway process holds (then 503)"
+    )
     gateway_wait_threads: int = Field(
         default=256,
         ge=1,
