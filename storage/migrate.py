@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Connection, Engine, inspect
 from sqlalchemy.engine import make_url
 
 from storage.engine import engine_for
@@ -71,13 +71,17 @@ def head_revision() -> str:
 
 def current_revision(engine: Engine) -> str | None:
     """The revision the store is at (``None``: no migrations table)."""
-    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415  (see the imports)
-
     # Every process checks once; Alembic's INFO lines about its DDL mode are noise there.
     logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        return context.get_current_revision()
+        return _revision_on(conn)
+
+
+def _revision_on(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415  (see the imports)
+
+    context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> str:
@@ -86,21 +90,22 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
     A store created before migrations existed (tables, no version) is stamped at
     the first revision, whose tables it already has, then upgraded.
     """
-    from alembic import command  # noqa: PLC0415  (see the imports)
-    from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
-
-    config = _config()
     with schema_lock(engine) as conn:
-        # Under the lock: a process that waited finds the work done and changes nothing.
-        config.attributes["connection"] = conn
-        has_tables = inspect(conn).has_table(_FIRST_TABLE)
-        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
-        if has_tables and context.get_current_revision() is None:
-            command.stamp(config, "0001")
-        command.upgrade(config, revision)
+        _upgrade_on(conn, revision)
     current = current_revision(engine)
     assert current is not None
     return current
+
+
+def _upgrade_on(conn: Connection, revision: str) -> None:
+    """Apply the migrations on ``conn``, whose transaction holds the schema lock."""
+    from alembic import command  # noqa: PLC0415  (see the imports)
+
+    config = _config()
+    config.attributes["connection"] = conn
+    if inspect(conn).has_table(_FIRST_TABLE) and _revision_on(conn) is None:
+        command.stamp(config, "0001")
+    command.upgrade(config, revision)
 
 
 def has_store(url: str) -> bool:
@@ -119,13 +124,15 @@ def has_store(url: str) -> bool:
 def ensure_schema(engine: Engine) -> None:
     """Create an empty store at the head; refuse one that is behind (``SchemaBehind``)."""
     head = head_revision()
-    current = current_revision(engine)
-    if current == head:
+    if current_revision(engine) == head:
         return
-    if current is None:
-        with engine.connect() as conn:
-            empty = not inspect(conn).has_table(_FIRST_TABLE)
-        if empty:
-            upgrade(engine)
+    # Decided under the lock: a process creating the store meanwhile has tables and
+    # no version row yet, which must not read as a store made before migrations.
+    with schema_lock(engine) as conn:
+        current = _revision_on(conn)
+        if current == head:
+            return
+        if current is None and not inspect(conn).has_table(_FIRST_TABLE):
+            _upgrade_on(conn, "head")
             return
     raise SchemaBehind(current, head)
