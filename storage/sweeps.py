@@ -62,10 +62,12 @@ def mark_handed(engine: Engine, message_ids: Iterable[str], *, now: float) -> No
         )
 
 
-def unhand(engine: Engine, message_ids: Iterable[str]) -> None:
+def unhand(engine: Engine, message_ids: Iterable[str], *, receiver: str | None = None) -> None:
     """These rows' tasks are gone (taken by a worker that could not run them, or a
-    publish that failed): the sweeper publishes them again after ``publish_grace_s``."""
-    _unmark(engine, message_ids, handed_at=None)
+    publish that failed): the sweeper publishes them again after ``publish_grace_s``.
+    With ``receiver``, only rows of that agent (a task names its receiver)."""
+    where = () if receiver is None else (MESSAGES.c.receiver == receiver,)
+    _unmark(engine, message_ids, *where, handed_at=None)
 
 
 def unspare(engine: Engine, message_ids: Iterable[str]) -> None:
@@ -73,10 +75,10 @@ def unspare(engine: Engine, message_ids: Iterable[str]) -> None:
     _unmark(engine, message_ids, spare_at=None)
 
 
-def _unmark(engine: Engine, message_ids: Iterable[str], **values: None) -> None:
+def _unmark(engine: Engine, message_ids: Iterable[str], *where: Any, **values: None) -> None:
     ids = list(message_ids)
     with engine.begin() as conn:
-        _update_ids(conn, ids, values, MESSAGES.c.status.in_(CLAIMABLE))
+        _update_ids(conn, ids, values, MESSAGES.c.status.in_(CLAIMABLE), *where)
 
 
 def recover_expired(engine: Engine, *, now: float) -> list[Republish]:

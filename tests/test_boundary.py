@@ -34,7 +34,7 @@ from messaging import (
     Settings,
     StoreUnavailable,
 )
-from tests.conftest import AGENTPOST, free_port
+from tests.conftest import AGENTPOST, free_port, new_row
 from wire import broker_errors, inbox_name, store_errors
 
 DATABASE = "postgresql+psycopg://agentpost:s3cret@db.example:5432/agentpost"
@@ -296,3 +296,15 @@ def test_a_rate_bucket_take_with_an_older_clock_refills_nothing_and_drains_nothi
     # The bucket holds 0 now: empty, not -100 (which 50 ms of negative refill would make)
     assert take(99.9) > 0
     assert take(100.002) == 0.0  # 2 ms later at 1000/s: refilled
+
+
+def test_unhand_for_a_receiver_leaves_other_agents_rows_alone(tmp_path: Path) -> None:
+    engine = storage.engine_for(f"sqlite:///{tmp_path / 'store.db'}")
+    storage.create_schema(engine)
+    [row] = storage.insert_messages(engine, [new_row()])  # a message to agent "b"
+    storage.mark_handed(engine, [row.message_id], now=100.0)
+    # A task naming another agent (forged) clears nothing; one naming "b" clears the mark
+    storage.unhand(engine, [row.message_id], receiver="writer")
+    assert storage.get_message(engine, row.message_id).handed_at == 100.0
+    storage.unhand(engine, [row.message_id], receiver="b")
+    assert storage.get_message(engine, row.message_id).handed_at is None

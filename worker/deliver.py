@@ -114,7 +114,8 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
             receiver,
             message_id,
         )
-        storage.unhand(core.engine, [message_id])  # its task is taken: the sweeper sends another
+        # Its task is taken: the sweeper sends another (only if the row is that agent's).
+        storage.unhand(core.engine, [message_id], receiver=receiver)
         return DeliveryOutcome("skipped", message_id, error="no handler in this worker")
 
     worker = worker_identity()
