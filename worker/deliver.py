@@ -146,10 +146,13 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
         )
     attempt = Attempt(core, taken.message_id, stored, taken.claim, worker, now)
     message_id = attempt.message_id
-    try:
-        envelope = parse_envelope(stored)
-    except InvalidEnvelope as exc:
-        return _dead(attempt, reason="invalid", error=str(exc))
+    if body is not None and stored == raw:
+        envelope = body  # the task carried the stored message: parsed once already
+    else:
+        try:
+            envelope = parse_envelope(stored)
+        except InvalidEnvelope as exc:
+            return _dead(attempt, reason="invalid", error=str(exc))
     if expired(expires := _expires(envelope), now):
         error = expiry_error(expires, taker="a handler")
         return _dead(attempt, reason="expired", error=error)
