@@ -140,10 +140,14 @@ def register(app: typer.Typer) -> None:
     @keys.command("revoke")
     def keys_revoke(
         key_id: Annotated[str | None, typer.Argument(help="The key's id.")] = None,
-        subject: Annotated[str | None, typer.Option(help="Revoke every key of it.")] = None,
+        subject: Annotated[
+            str | None,
+            typer.Option(help="Revoke every key of it, and its JWTs issued until now."),
+        ] = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Revoke a key by id, or every key of a subject."""
+        """Revoke a key by id, or every credential of a subject (keys, and JWTs issued
+        until now: the JWTs it is issued later are accepted)."""
         import storage
 
         if (key_id is None) == (subject is None):
@@ -152,10 +156,13 @@ def register(app: typer.Typer) -> None:
             count = storage.revoke_keys(
                 engine, key_id=key_id, subject=subject, now=datetime.now(UTC).timestamp()
             )
-        if count == 0:
+        if count == 0 and subject is None:
             typer.secho("no active key matched", err=True, fg="red")
             raise typer.Exit(1)
-        emit({"revoked": count}, as_json, f"revoked {count} key(s)")
+        said = f"revoked {count} key(s)"
+        if subject is not None:
+            said += f"; {subject}'s tokens issued until now are refused"
+        emit({"revoked": count, "subject": subject}, as_json, said)
 
     @app.command()
     def audit(
@@ -187,12 +194,14 @@ def register(app: typer.Typer) -> None:
                 "message_id": r.message_id,
                 "outcome": r.outcome,
                 "detail": r.detail,
+                "count": r.count,
             }
             for r in rows
         ]
         from messaging.render import cells
 
-        table = Table("at", "subject", "action", "agent", "message", "outcome", "detail")
+        columns = ("at", "subject", "action", "agent", "message", "outcome", "detail", "count")
+        table = Table(*columns)
         for d in data:
-            table.add_row(*cells(*(d[k] or "" for k in d)))
+            table.add_row(*cells(*(d[k] or "" for k in d if k != "count")), str(d["count"]))
         emit(data, as_json, table)

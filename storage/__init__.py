@@ -5,11 +5,11 @@ It imports nothing of ``messaging`` or ``worker``: callers pass engines and valu
 
 from __future__ import annotations
 
-from storage.audit import audit_entries, record_audit
+from storage.audit import audit_entries, count_audited, record_audit
 from storage.buckets import take_token
 from storage.claims import Claim, Taken, claim, claim_next, take
 from storage.completion import complete, mark_dead, schedule_retry
-from storage.credentials import add_key, find_key, list_keys, revoke_keys
+from storage.credentials import add_key, find_key, list_keys, revoke_keys, subject_revoked_at
 from storage.engine import dispose_engines, engine_for
 from storage.epochs import broker_epoch, swap_broker_epoch
 from storage.journal import begin_sweep, end_sweep
@@ -94,6 +94,7 @@ __all__ = [
     "claim",
     "claim_next",
     "complete",
+    "count_audited",
     "create_owned_tables",
     "create_schema",
     "current_revision",
@@ -128,6 +129,7 @@ __all__ = [
     "revoke_keys",
     "schedule_retry",
     "status_counts",
+    "subject_revoked_at",
     "subscribe",
     "subscriptions",
     "swap_broker_epoch",

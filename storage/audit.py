@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from storage.sql import AUDIT
 from storage.tables import AuditEntry
 
-__all__ = ["audit_entries", "record_audit"]
+__all__ = ["audit_entries", "count_audited", "record_audit"]
 
 
-def record_audit(engine: Engine, entry: AuditEntry) -> None:
-    """Append one entry (its own short transaction: a refused call stores nothing else)."""
+def record_audit(engine: Engine, entry: AuditEntry) -> int:
+    """Append one entry (its own short transaction: a refused call stores nothing else);
+    returns its id."""
     with engine.begin() as conn:
-        conn.execute(AUDIT.insert().values(**entry.model_dump(exclude={"id"})))
+        inserted = conn.execute(
+            AUDIT.insert().values(**entry.model_dump(exclude={"id"})).returning(AUDIT.c.id)
+        )
+        return int(inserted.scalar_one())
+
+
+def count_audited(engine: Engine, counts: dict[int, int]) -> None:
+    """Add to the ``count`` of entries by id: the refusals a row stands for."""
+    with engine.begin() as conn:
+        for entry_id, more in counts.items():
+            conn.execute(
+                update(AUDIT).where(AUDIT.c.id == entry_id).values(count=AUDIT.c.count + more)
+            )
 
 
 def audit_entries(

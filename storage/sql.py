@@ -15,6 +15,7 @@ from storage.tables import (
     BrokerEpoch,
     Message,
     RateBucket,
+    RevokedSubject,
     Subscription,
     SweepJournal,
     table_of,
@@ -30,6 +31,7 @@ __all__ = [
     "CLAIMABLE",
     "MESSAGES",
     "RATE_BUCKETS",
+    "REVOKED_SUBJECTS",
     "SUBSCRIPTIONS",
     "SWEEP_JOURNAL",
     "claimable",
@@ -45,6 +47,7 @@ API_KEYS = table_of(ApiKey)
 AUDIT = table_of(AuditEntry)
 BROKER_EPOCHS = table_of(BrokerEpoch)
 RATE_BUCKETS = table_of(RateBucket)
+REVOKED_SUBJECTS = table_of(RevokedSubject)
 SWEEP_JOURNAL = table_of(SweepJournal)
 
 ACTIVE_STATUSES = ("queued", "running", "retrying")

@@ -20,6 +20,7 @@ __all__ = [
     "BrokerEpoch",
     "Message",
     "RateBucket",
+    "RevokedSubject",
     "Subscription",
     "SweepJournal",
     "table_of",
@@ -141,6 +142,17 @@ class AuditEntry(SQLModel, table=True):
     # ok | denied | limited | failed | timeout
     outcome: str = Field(max_length=16)
     detail: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Refusals are aggregated: how many like this one the window saw (1 for the rest).
+    count: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+
+
+class RevokedSubject(SQLModel, table=True):
+    """A subject whose credentials were revoked: its JWTs issued before then are refused."""
+
+    __tablename__ = "agentpost_revoked_subjects"
+
+    subject: str = Field(primary_key=True, max_length=64)
+    revoked_at: float
 
 
 class RateBucket(SQLModel, table=True):

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from kombu import Connection
 from sqlalchemy import text
@@ -26,6 +27,7 @@ import storage
 from messaging import Envelope
 from tests.conftest import (
     GATEWAY_ENV,
+    JWT_SECRET,
     Backend,
     Gateway,
     Worker,
@@ -227,31 +229,52 @@ def test_one_caller_s_flood_of_waiting_invokes_does_not_stall_the_others(
 def test_failed_authentication_is_rate_limited_per_address_and_audits_a_bounded_number(
     backend: Backend, start_gateway: Callable[..., Gateway]
 ) -> None:
-    # Given a gateway with the default allowance of failed authentications (10, then 1/s)
-    gateway = start_gateway(AGENTPOST_AUTH_FAILURES_PER_S="1", AGENTPOST_AUTH_FAILURES_BURST="10")
+    # Given a gateway with the default allowance of failed authentications (10, then 1/s),
+    # refusals audited per 2 s window with at most 5 kinds of refusal a row of their own
+    window_s, kinds = 2.0, 5
+    gateway = start_gateway(
+        AGENTPOST_AUTH_FAILURES_PER_S="1",
+        AGENTPOST_AUTH_FAILURES_BURST="10",
+        AGENTPOST_AUDIT_WINDOW_S=str(window_s),
+        AGENTPOST_AUDIT_REFUSAL_KINDS=str(kinds),
+    )
     engine = storage.engine_for(backend.settings.database)
 
-    def audit_rows() -> int:
+    def audited_since(first_id: int) -> tuple[int, int]:
+        query = text("SELECT count(*), coalesce(sum(count), 0) FROM agentpost_audit WHERE id > :i")
         with engine.connect() as conn:
-            return int(conn.execute(text("SELECT count(*) FROM agentpost_audit")).scalar_one())
+            rows, refusals = conn.execute(query, {"i": first_id}).one()
+        return int(rows), int(refusals)
 
-    before = audit_rows()
+    newest = text("SELECT coalesce(max(id), 0) FROM agentpost_audit")
+    with engine.connect() as conn:
+        before = int(conn.execute(newest).scalar_one())
 
-    # When 120 requests with bad keys arrive at once from one address
+    # When 120 requests with bad keys, each to a path of its own, arrive at once from one address
     async def guess() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=40)
         async with httpx.AsyncClient(base_url=gateway.url, timeout=30, limits=limits) as http:
             return await asyncio.gather(
-                *(http.get("/healthz", headers={"X-API-Key": f"guess-{n}"}) for n in range(120))
+                *(http.get(f"/v1/x/{n}", headers={"X-API-Key": f"guess-{n}"}) for n in range(120))
             )
 
+    started = time.monotonic()
     answers = [r.status_code for r in asyncio.run(guess())]
-    # Then the allowance was answered 401 and the rest 429, and only the 401s were audited
+    windows = 1 + int((time.monotonic() - started) // window_s) + 1
+    # Then the allowance was answered 401 and the rest 429
     unauthorized, limited = answers.count(401), answers.count(429)
     assert unauthorized + limited == 120, answers
     # (the start-up probe's own 401s used part of the allowance)
     assert 1 <= unauthorized <= 30 and limited >= 90, answers
-    assert audit_rows() - before == unauthorized
+
+    # And once the window closed, every refusal is counted in the audit, in a bounded
+    # number of rows: per window, the kinds' own rows, one overflow row, one for the 429s
+    def all_counted() -> tuple[int, int] | None:
+        rows, refusals = audited_since(before)
+        return (rows, refusals) if refusals == 120 else None
+
+    rows, _ = wait_for(all_counted, 4 * window_s + 10, "the window's counts in the audit")
+    assert rows <= windows * (kinds + 2), (rows, windows)
     # And a caller with a good key is not affected (its own bucket)
     own = httpx.get(f"{gateway.url}/healthz", headers={"X-API-Key": gateway.api_key}, timeout=10)
     assert own.status_code == 200
@@ -319,6 +342,39 @@ def test_a_caller_cannot_join_another_caller_s_chain(backend: Backend, gateway: 
     refused = send(other, "chain-of-caller")
     assert refused.status_code == 403 and "another sender's chain" in refused.text
     assert send(other, "chain-of-other").status_code == 202
+
+
+@pytest.mark.parametrize("backend", ["embedded", "redis"], indirect=True)
+def test_revoking_a_subject_refuses_its_keys_and_the_tokens_issued_before(
+    backend: Backend, start_gateway: Callable[..., Gateway]
+) -> None:
+    # Given a caller with an API key and a JWT, both accepted
+    gateway = start_gateway()
+
+    def token() -> str:
+        now = int(time.time())
+        claims = {"sub": "caller", "iat": now, "exp": now + 300, "agents": ["echo"], "ops": []}
+        claims |= {"iss": "agentpost-tests", "aud": "agentpost"}
+        return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+    def health(headers: dict[str, str]) -> httpx.Response:
+        return httpx.get(f"{gateway.url}/healthz", headers=headers, timeout=10)
+
+    old = {"Authorization": f"Bearer {token()}"}
+    key = {"X-API-Key": gateway.api_key}
+    assert health(old).status_code == 200 and health(key).status_code == 200
+    # When the operator revokes the subject
+    time.sleep(1.1)  # (iat has whole seconds: the token above is from an earlier one)
+    done = agentpost_cli(backend, "keys", "revoke", "--subject", "caller")
+    assert done.returncode == 0, done.stderr
+    # Then its key and its token issued before are refused, saying why
+    for headers in (old, key):
+        refused = health(headers)
+        assert refused.status_code == 401, refused.text
+        assert "revoked" in refused.json()["detail"], refused.text
+    # And a token issued afterwards is accepted (the issuer decides who gets new ones)
+    time.sleep(1.1)
+    assert health({"Authorization": f"Bearer {token()}"}).status_code == 200
 
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)

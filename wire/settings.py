@@ -99,6 +99,12 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="failed authentications per client address"
     )
     auth_failures_burst: float = Field(default=10.0, ge=1)
+    audit_window_s: float = Field(
+        default=60.0, gt=0, description="refusals of one kind write one audit row per window"
+    )
+    audit_refusal_kinds: int = Field(
+        default=100, ge=1, description="kinds of refusal with a row of their own per window"
+    )
     gateway_max_body_bytes: int = Field(default=0, ge=0, description="0: payload limit + 64 KiB")
     gateway_max_timeout_s: float = Field(default=300.0, gt=0)
     gateway_max_in_flight: int = Field(

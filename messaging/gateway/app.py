@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -65,7 +66,17 @@ def create_gateway(settings: Settings | None = None) -> FastAPI:
         ConfigurationError: an authentication provider that is not safely configured.
     """
     gateway = Gateway(settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        try:  # the open window's refusal counts
+            await run_in_threadpool(gateway.refusals.flush)
+        except StoreUnavailable as exc:
+            log.error("audit counts not written at shutdown: %s", exc)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="agentpost gateway",
         version="1",
         description="Invoke and message agents over HTTP. Every route needs X-API-Key "
@@ -154,8 +165,10 @@ async def _admit(gateway: Gateway, request: Request) -> Principal | Response:
         address = request.client.host if request.client else "?"
         wait_s = await run_in_threadpool(gateway.limiter.failure_wait_s, address)
         if wait_s > 0:
-            # Past the address's allowance: refused unaudited, so a guesser cannot
-            # write rows without bound (the allowance's refusals are audited).
+            # Past the address's allowance: a 429, counted in the window's row for it.
+            await run_in_threadpool(
+                gateway.refusals.record, exc.subject, "authenticate", "limited", detail=address
+            )
             return _too_many("too many failed authentications from this address", wait_s)
         await run_in_threadpool(
             gateway.audit,

@@ -4,7 +4,8 @@ API keys look like ``ap_<id>_<secret>``; the store keeps only
 HMAC-SHA256(``AGENTPOST_GATEWAY_SECRET``, key), found by ``id`` and compared in
 constant time. JWTs are checked for signature (algorithms pinned, never ``none``),
 ``exp``, and ``iss``/``aud`` when configured; their ``sub`` is the subject, the
-``agents`` claim (a list, or ``"*"``) and ``ops`` claim say what it may do.
+``agents`` claim (a list, or ``"*"``) and ``ops`` claim say what it may do; a token
+issued (``iat``) before its subject was revoked (``keys revoke --subject``) is refused.
 Authorization is default deny: an operation on an agent needs both granted.
 """
 
@@ -250,6 +251,11 @@ class Authenticator:
             subject = validate_agent_name(str(claims["sub"]))
         except InvalidEnvelope:
             raise AuthFailed("token subject is not a valid agent name") from None
+        with store_errors(settings.database):
+            revoked_at = storage.subject_revoked_at(self._engine, subject)
+        if revoked_at is not None and (not isinstance(issued, int | float) or issued <= revoked_at):
+            # `keys revoke --subject` ends the subject's tokens minted until then.
+            raise AuthFailed("token of a revoked subject", subject=subject)
         return Principal(subject, _claim(claims, "agents"), _claim(claims, "ops"), "jwt")
 
 

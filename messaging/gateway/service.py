@@ -20,12 +20,15 @@ from messaging.gateway.auth import Authenticator, Operation, Principal, check_ga
 from messaging.gateway.inflight import InFlight
 from messaging.gateway.models import AgentInvocationRequest, AgentInvocationResponse
 from messaging.gateway.ratelimit import RateLimiter
+from messaging.gateway.refusals import Refusals
 from messaging.results import MessageState
 from wire.boundary import store_errors
 from wire.errors import RequestFailed, RequestTimeout
 from wire.settings import Settings
 
 __all__ = ["Gateway", "InvokeTimeout", "scoped_key"]
+
+_REFUSED = ("denied", "limited")
 
 
 class Gateway:
@@ -39,6 +42,7 @@ class Gateway:
             storage.create_schema(self.engine)
         self.auth = Authenticator(settings, self.engine)
         self.limiter = RateLimiter(settings)
+        self.refusals = Refusals(settings, self.engine)
         self.in_flight = InFlight(settings.gateway_max_in_flight)
         self._local = threading.local()
         self._wait_limiter: anyio.CapacityLimiter | None = None
@@ -72,6 +76,10 @@ class Gateway:
         message_id: str | None = None,
         detail: str | None = None,
     ) -> None:
+        """Record what a caller did; refusals are aggregated per window (``Refusals``)."""
+        if outcome in _REFUSED:
+            self.refusals.record(subject, action, outcome, agent=agent, detail=detail)
+            return
         with store_errors(self.settings.database):
             storage.record_audit(
                 self.engine,
