@@ -269,7 +269,9 @@ def test_a_jwt_living_longer_than_the_maximum_is_refused(tmp_path: Path) -> None
 
     key = "k" * 40
     settings = Settings(home=tmp_path, gateway_auth=["jwt"], jwt_key=key, jwt_algorithms=["HS256"])
-    auth = Authenticator(settings, storage.engine_for(settings.database))
+    engine = storage.engine_for(settings.database)
+    storage.create_schema(engine)  # (the gateway makes it when it starts)
+    auth = Authenticator(settings, engine)
     now = int(time.time())
 
     def bearer(**claims: object) -> dict[str, str]:
