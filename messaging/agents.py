@@ -39,6 +39,11 @@ class AgentSpec:
     jitter: bool | None = None
     # The agent's own tables in the store's database, made by the worker that serves it.
     tables: tuple[Table, ...] = ()
+    # Which handler errors are retried: only ``retry_on`` (None: every one), never
+    # ``give_up_on`` (dead at once; it wins where both match).
+    retry_on: tuple[type[BaseException], ...] | None = None
+    give_up_on: tuple[type[BaseException], ...] = ()
+    time_limit_s: float | None = None
 
 
 _registry: dict[str, AgentSpec] = {}
@@ -52,6 +57,9 @@ def agent(
     backoff_max_s: float | None = None,
     jitter: bool | None = None,
     tables: Sequence[Any] = (),
+    retry_on: Sequence[type[BaseException]] | None = None,
+    give_up_on: Sequence[type[BaseException]] = (),
+    time_limit_s: float | None = None,
 ) -> Callable[[H], H]:
     """Register ``handler(msg, ctx) -> JSON | None`` as the agent ``name``.
 
@@ -64,6 +72,14 @@ def agent(
         tables: the agent's own tables in the store's database, for its exactly-once
             writes (SQLModel or SQLAlchemy table models, or Table objects): a worker serving the
             agent creates those missing when it starts, and never alters them.
+        retry_on: the handler errors that are retried (and their subclasses); any
+            other error is dead at once (reason ``rejected``). Default: every error.
+        give_up_on: handler errors that are dead at once, even where ``retry_on``
+            matches too (Celery's ``dont_autoretry_for``).
+        time_limit_s: a handler running longer is stopped and its attempt recorded
+            ``timed-out`` (a failure: retried, then dead). Async handlers are cancelled
+            on any pool, sync ones interrupted on prefork; on the threads pool a sync
+            handler cannot be interrupted: one that returns late is recorded timed-out.
 
     Raises:
         ConfigurationError: a bad name or option, or the name taken by another handler.
@@ -78,6 +94,10 @@ def agent(
         if value is not None and value < 0:
             raise ConfigurationError(f"agent {name!r}: {option} must be >= 0, got {value}")
     owned = tuple(_table_of(name, model) for model in tables)
+    retried = None if retry_on is None else _errors(name, "retry_on", retry_on)
+    given_up = _errors(name, "give_up_on", give_up_on)
+    if time_limit_s is not None and not time_limit_s > 0:
+        raise ConfigurationError(f"agent {name!r}: time_limit_s must be > 0, got {time_limit_s}")
 
     def register(handler: H) -> H:
         if not callable(handler):
@@ -93,7 +113,16 @@ def agent(
                 f"agent {name!r} is already registered by {_qualname(existing.handler)}"
             )
         _registry[name] = AgentSpec(
-            name, handler, max_retries, backoff_s, backoff_max_s, jitter, owned
+            name,
+            handler,
+            max_retries,
+            backoff_s,
+            backoff_max_s,
+            jitter,
+            owned,
+            retried,
+            given_up,
+            time_limit_s,
         )
         return handler
 
@@ -108,6 +137,18 @@ def get_agent(name: str) -> AgentSpec | None:
 def registered_agents() -> dict[str, AgentSpec]:
     """Every handler agent registered in this process, by name."""
     return dict(_registry)
+
+
+def _errors(agent_name: str, option: str, classes: Any) -> tuple[type[BaseException], ...]:
+    if isinstance(classes, type):
+        classes = (classes,)
+    picked = tuple(classes)
+    for cls in picked:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise ConfigurationError(
+                f"agent {agent_name!r}: {option}= takes exception classes, got {cls!r}"
+            )
+    return picked
 
 
 def _table_of(agent_name: str, model: Any) -> Table:

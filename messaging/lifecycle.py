@@ -9,7 +9,9 @@ A worker's delivery (``worker/deliver.py``) and a mailbox's receive and nack
 - a claim past the last allowed attempt (its predecessors lost with their workers or
   consumers) is dead at once (``exhausted``);
 - an expired message is dead (``expired``) and never handled;
-- an error that can never succeed (``PermanentError``) is dead at once (``rejected``);
+- an error that can never succeed (``PermanentError``, one of the agent's
+  ``give_up_on``, or one outside its ``retry_on``) is dead at once (``rejected``);
+- a handler raising ``Retry(after_s=...)`` is tried again then, spending no retry;
 - dead means the row is marked dead first (the store is the truth), then the envelope
   is published to the dead-letter exchange and the alerts fire.
 
@@ -64,6 +66,8 @@ class RetryPolicy:
     backoff_s: float
     backoff_max_s: float
     jitter: bool
+    retry_on: tuple[type[BaseException], ...] | None = None
+    give_up_on: tuple[type[BaseException], ...] = ()
 
     @classmethod
     def of(
@@ -74,6 +78,8 @@ class RetryPolicy:
         backoff_s: float | None = None,
         backoff_max_s: float | None = None,
         jitter: bool | None = None,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+        give_up_on: tuple[type[BaseException], ...] = (),
     ) -> RetryPolicy:
         """An agent's options (``None``: not set) over the settings' defaults."""
         return cls(
@@ -81,7 +87,15 @@ class RetryPolicy:
             backoff_s=settings.backoff_s if backoff_s is None else backoff_s,
             backoff_max_s=settings.backoff_max_s if backoff_max_s is None else backoff_max_s,
             jitter=settings.backoff_jitter if jitter is None else jitter,
+            retry_on=retry_on,
+            give_up_on=give_up_on,
         )
+
+    def gives_up_on(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is dead at once: it can never succeed, or the agent said so."""
+        if can_never_succeed(exc) or isinstance(exc, self.give_up_on):
+            return True
+        return self.retry_on is not None and not isinstance(exc, self.retry_on)
 
     def is_last(self, attempt: int) -> bool:
         """Whether a failure of ``attempt`` leaves no retry."""
@@ -197,6 +211,21 @@ class Attempt:
                 self.core.app, self.envelope, reason=reason, error=error, attempts=self.number
             )
         return marked
+
+    def postpone(self, after_s: float, *, error: str) -> Failure:
+        """The handler asked to be tried again later: no retry is spent."""
+        ended = time.time()
+        recorded = storage.postpone(
+            self.core.engine,
+            self.message_id,
+            claim_=self.claim,
+            worker=self.worker,
+            started_at=self.started_at,
+            now=ended,
+            due_at=ended + after_s,
+            error=error,
+        )
+        return Failure(dead=False, countdown_s=after_s, recorded=recorded)
 
     def failed(self, policy: RetryPolicy, *, error: str, traceback: str | None) -> Failure:
         """A failed attempt: retried after backoff, or dead once the policy is used up."""

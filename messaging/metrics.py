@@ -33,7 +33,13 @@ log = logging.getLogger("agentpost.metrics")
 
 LATENCY_BOUNDS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # Attempt outcomes as the counters name them.
-_OUTCOMES = {"delivered": "delivered", "retry": "retried", "dead": "dead", "lost": "lost"}
+_OUTCOMES = {
+    "delivered": "delivered",
+    "retry": "retried",
+    "postponed": "postponed",
+    "dead": "dead",
+    "lost": "lost",
+}
 
 
 class StoreCollector(Collector):

@@ -43,7 +43,7 @@ class AttemptInfo(BaseModel):
     worker: str | None
     started_at: datetime | None
     ended_at: datetime
-    outcome: Literal["delivered", "retry", "dead", "lost"]
+    outcome: Literal["delivered", "retry", "postponed", "dead", "lost"]
     error: str | None
     traceback: str | None
 

@@ -15,7 +15,7 @@ from storage import postgres
 from storage.claims import Claim
 from storage.sql import ACTIVE_STATUSES, ATTEMPTS, MESSAGES, fenced
 
-__all__ = ["complete", "mark_dead", "schedule_retry"]
+__all__ = ["complete", "mark_dead", "postpone", "schedule_retry"]
 
 
 def _finish(
@@ -133,6 +133,40 @@ def schedule_retry(
         },
         error=error,
         traceback=traceback,
+    )
+
+
+def postpone(
+    engine: Engine,
+    message_id: str,
+    *,
+    claim_: Claim,
+    worker: str,
+    started_at: float,
+    now: float,
+    due_at: float,
+    error: str,
+) -> bool:
+    """Record an attempt the handler postponed: due again at ``due_at``, and its number
+    given back (the next claim takes it again), so it spends no retry."""
+    return _finish(
+        engine,
+        message_id,
+        claim_=claim_,
+        worker=worker,
+        started_at=started_at,
+        now=now,
+        outcome="postponed",
+        values={
+            "status": "retrying",
+            "due_at": due_at,
+            "attempts": claim_.attempt - 1,
+            "error": error,
+            "handed_at": now,
+            "spare_at": None,
+        },
+        error=error,
+        traceback=None,
     )
 
 

@@ -79,7 +79,7 @@ class Attempt(SQLModel, table=True):
     worker: str | None = Field(default=None, max_length=255)
     started_at: float | None = None
     ended_at: float
-    # delivered | retry | dead | lost
+    # delivered | retry | postponed | dead | lost
     outcome: str = Field(max_length=16)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     traceback: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from messaging import Context, Envelope, PermanentError, agent
+from messaging import Context, Envelope, PermanentError, Retry, agent
 
 log = logging.getLogger("tests.agents")
 
@@ -104,6 +104,48 @@ def doomed(msg: Envelope, ctx: Context) -> None:
 def rejecter(msg: Envelope, ctx: Context) -> None:
     _record(msg, ctx, "run")
     raise PermanentError("this message can never be handled")
+
+
+@agent(
+    "picky", max_retries=2, backoff_s=0.05, retry_on=[TimeoutError, OSError], give_up_on=[KeyError]
+)
+def picky(msg: Envelope, ctx: Context) -> None:
+    """Raises the builtin error its payload names: ``{"raise": "KeyError"}``."""
+    _record(msg, ctx, "run")
+    import builtins  # noqa: PLC0415
+
+    raise getattr(builtins, _payload(msg)["raise"])("raised on purpose")
+
+
+@agent("patient", max_retries=0)
+def patient(msg: Envelope, ctx: Context) -> str:
+    """Asks to be tried again later until it has run ``{"postpone": N}`` times."""
+    _record(msg, ctx, "run")
+    if len([r for r in _runs("patient") if r["id"] == str(msg.id)]) <= _payload(msg)["postpone"]:
+        raise Retry("not yet", after_s=0.2)
+    return "done at last"
+
+
+@agent("sleepy", max_retries=1, backoff_s=0.05, time_limit_s=0.5)
+def sleepy(msg: Envelope, ctx: Context) -> str:
+    """Sleeps ``{"sleep": S}`` seconds, past its time limit when S > 0.5."""
+    _record(msg, ctx, "run")
+    time.sleep(_payload(msg)["sleep"])
+    _record(msg, ctx, "woke")
+    return "rested"
+
+
+@agent("sleepy_async", max_retries=1, backoff_s=0.05, time_limit_s=0.5)
+async def sleepy_async(msg: Envelope, ctx: Context) -> str:
+    _record(msg, ctx, "run")
+    await asyncio.sleep(_payload(msg)["sleep"])
+    _record(msg, ctx, "woke")
+    return "rested"
+
+
+def _runs(agent_name: str) -> list[dict[str, Any]]:
+    log = _spool() / f"{agent_name}.log"
+    return [json.loads(line) for line in log.read_text().splitlines() if line]
 
 
 @agent("unencodable", max_retries=5)

@@ -16,6 +16,7 @@
     ├── GatewayError                         the HTTP gateway refused a call (status, detail)
     └── DeliveryError                        raised on the worker side
         ├── PermanentError                   raise it in a handler to dead-letter at once
+        ├── Retry                            raise it in a handler to try again later, uncounted
         ├── DeadLettered                     the final failure of a delivery task
         └── LeaseExpired                     a mailbox ack/nack/reply after the lease was lost
 
@@ -44,6 +45,7 @@ __all__ = [
     "PermanentError",
     "RequestFailed",
     "RequestTimeout",
+    "Retry",
     "SchemaOutdated",
     "StoreUnavailable",
     "UnknownAgent",
@@ -100,6 +102,20 @@ class DeliveryError(AgentpostError):
 
 class PermanentError(DeliveryError):
     """Raised by a handler: the message can never succeed, dead-letter it without retries."""
+
+
+class Retry(DeliveryError):
+    """Raised by a handler: try this message again in ``after_s`` seconds.
+
+    Not a failure: the attempt is recorded ``postponed`` and spends none of the retries
+    (a message that keeps postponing lives until its ``ttl_s``).
+    """
+
+    def __init__(self, reason: str = "", *, after_s: float) -> None:
+        if not after_s >= 0:
+            raise ValueError(f"Retry(after_s=...) must be >= 0, got {after_s!r}")
+        super().__init__(reason or f"try again in {after_s:g} s")
+        self.after_s = float(after_s)
 
 
 class DeadLettered(DeliveryError):

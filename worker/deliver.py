@@ -9,14 +9,18 @@ the lifecycle's (``messaging/lifecycle.py``), shared with the mailbox.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,7 +36,6 @@ from messaging.envelope import Envelope, parse_envelope
 from messaging.lifecycle import (
     Attempt,
     RetryPolicy,
-    can_never_succeed,
     dead_before_claim,
     expired,
     expiry_error,
@@ -42,9 +45,9 @@ from messaging.tracing import delivery_span
 from wire.app import SOFT_TIME_LIMIT_SHARE
 from wire.brokers import profile_for
 from wire.encoding import dump_json
-from wire.errors import InvalidEnvelope, PermanentError
+from wire.errors import InvalidEnvelope, PermanentError, Retry
 from worker import logs
-from worker.eventloop import run_coroutine
+from worker.eventloop import HandlerTimedOut, run_coroutine
 
 __all__ = ["DeliveryOutcome", "deliver_envelope", "run_delivery", "worker_identity"]
 
@@ -163,6 +166,8 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
         backoff_s=spec.backoff_s,
         backoff_max_s=spec.backoff_max_s,
         jitter=spec.jitter,
+        retry_on=spec.retry_on,
+        give_up_on=spec.give_up_on,
     )
     if policy.is_past_last(attempt.number):
         # Earlier attempts died with their workers and used up the retries.
@@ -247,14 +252,27 @@ def _complete(
 
 def _failed(attempt: Attempt, policy: RetryPolicy, exc: Exception) -> DeliveryOutcome:
     """A handler error: dead at once if it can never succeed, else the policy decides."""
+    if isinstance(exc, Retry):
+        error = f"postponed: {exc}"
+        attempt.postpone(exc.after_s, error=error)
+        return DeliveryOutcome(
+            "retry",
+            attempt.message_id,
+            attempt.number,
+            countdown_s=exc.after_s,
+            reason="postponed",
+            error=error,
+        )
     error, tb = _describe(exc), traceback.format_exc()
+    if isinstance(exc, HandlerTimedOut):
+        error = str(exc)
     if isinstance(exc, SoftTimeLimitExceeded):
         limit = current_app.conf.task_soft_time_limit
         error = (
             f"timed-out: the handler ran past its time limit ({limit:g} s: "
             f"{SOFT_TIME_LIMIT_SHARE:.0%} of AGENTPOST_LEASE_S)"
         )
-    if can_never_succeed(exc):
+    if policy.gives_up_on(exc):
         return _dead(attempt, reason="rejected", error=error, tb=tb)
     failure = attempt.failed(policy, error=error, traceback=tb)
     if failure.dead:
@@ -285,13 +303,38 @@ def _best_effort(core: Sender, spec: AgentSpec, envelope: Envelope, worker: str)
 
 
 def _run(spec: AgentSpec, envelope: Envelope, ctx: Context) -> Any:
+    limit = spec.time_limit_s
     with delivery_span(envelope, attempt=envelope.attempt):
-        result = spec.handler(envelope, ctx)
+        started = time.monotonic()
+        with _alarm(limit):
+            result = spec.handler(envelope, ctx)
         if inspect.iscoroutine(result):
-            return run_coroutine(result)
+            return run_coroutine(result, timeout_s=limit)
         if inspect.isawaitable(result):
-            return run_coroutine(_await(result))
+            return run_coroutine(_await(result), timeout_s=limit)
+        if limit is not None and time.monotonic() - started > limit:
+            raise HandlerTimedOut(limit)  # a thread the alarm cannot interrupt came back late
         return result
+
+
+@contextlib.contextmanager
+def _alarm(limit_s: float | None) -> Iterator[None]:
+    """Interrupt a sync handler at ``limit_s`` where a signal can: the main thread
+    (prefork's children run their tasks there). Elsewhere nothing interrupts it."""
+    if limit_s is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise HandlerTimedOut(limit_s)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, limit_s)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 async def _await(awaitable: Any) -> Any:
@@ -307,6 +350,10 @@ def _log_outcome(outcome: DeliveryOutcome, took_s: float) -> None:
     ms = took_s * 1000
     if outcome.kind == "delivered":
         log.info("delivered %s (attempt %d) in %.1f ms", outcome.message_id, outcome.attempt, ms)
+    elif outcome.kind == "retry" and outcome.reason == "postponed":
+        log.info(
+            "postponed %s for %.2f s (%s)", outcome.message_id, outcome.countdown_s, outcome.error
+        )
     elif outcome.kind == "retry":
         log.warning(
             "attempt %d of %s failed, retry in %.2f s: %s",

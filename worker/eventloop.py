@@ -21,7 +21,16 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["run_coroutine"]
+__all__ = ["HandlerTimedOut", "run_coroutine"]
+
+
+class HandlerTimedOut(Exception):
+    """A handler ran past its agent's ``time_limit_s`` and was stopped."""
+
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(f"timed-out: the handler ran past its time_limit_s ({limit_s:g} s)")
+        self.limit_s = limit_s
+
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -41,8 +50,12 @@ def _shared_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-def run_coroutine(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Run ``coroutine`` on this process's shared loop; its result, or its exception."""
+def run_coroutine(coroutine: Coroutine[Any, Any, Any], *, timeout_s: float | None = None) -> Any:
+    """Run ``coroutine`` on this process's shared loop; its result, or its exception.
+
+    Raises:
+        HandlerTimedOut: it ran past ``timeout_s`` (it is cancelled).
+    """
     loop = _shared_loop()
     context = contextvars.copy_context()
     done: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -68,7 +81,13 @@ def run_coroutine(coroutine: Coroutine[Any, Any, Any]) -> Any:
 
     loop.call_soon_threadsafe(start)
     try:
-        return done.result()
+        return done.result(timeout=timeout_s)
+    except TimeoutError:
+        own = done.done()  # read before the cancel below ends the future too
+        loop.call_soon_threadsafe(cancel)
+        if own or timeout_s is None:
+            raise  # the coroutine's own TimeoutError
+        raise HandlerTimedOut(timeout_s) from None
     except BaseException:
         # Interrupted while waiting (the soft time limit): the coroutine stops too, rather
         # than running on with nobody to record it (a no-op if it had ended).

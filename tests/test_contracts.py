@@ -1,0 +1,90 @@
+"""What an agent declares about itself, enforced on real workers: retry rules by error
+type, ``Retry(after_s=...)`` that spends no retry, a time limit per agent."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+
+from tests.conftest import Backend, Worker, wait_final
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.parametrize("backend", ["embedded", "redis"], indirect=True),
+]
+
+
+def test_retry_rules_by_error_type(backend: Backend, start_worker: Callable[..., Worker]) -> None:
+    # Given an agent retrying TimeoutError and OSError (twice), giving up on KeyError
+    start_worker("--agents", "picky")
+    client = backend.client()
+    sent = {
+        name: client.send("picky", {"raise": name}, sender="tester").message_id
+        for name in ("KeyError", "TimeoutError", "ValueError", "ConnectionError")
+    }
+    states = {name: wait_final(client, message_id) for name, message_id in sent.items()}
+    # Then give_up_on is dead at once, even where retry_on matches too (KeyError is no
+    # OSError, but ConnectionError is one and is retried), and an error outside retry_on
+    # is dead at once as well; what retry_on names is retried until the retries are used
+    outcome = {name: (s.status, s.dead_reason, s.attempts) for name, s in states.items()}
+    assert outcome == {
+        "KeyError": ("dead", "rejected", 1),
+        "TimeoutError": ("dead", "exhausted", 3),
+        "ValueError": ("dead", "rejected", 1),
+        "ConnectionError": ("dead", "exhausted", 3),
+    }
+    # And each attempt's real cause is recorded
+    assert states["KeyError"].attempt_log[0].error == "KeyError: 'raised on purpose'"
+    assert [a.outcome for a in states["TimeoutError"].attempt_log] == ["retry", "retry", "dead"]
+    runs = backend.runs("picky")
+    assert {name: sum(r["id"] == i for r in runs) for name, i in sent.items()} == {
+        "KeyError": 1,
+        "TimeoutError": 3,
+        "ValueError": 1,
+        "ConnectionError": 3,
+    }
+
+
+def test_a_handler_asking_to_be_tried_later_spends_no_retry(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given an agent with no retries at all, which postpones itself three times
+    start_worker("--agents", "patient")
+    client = backend.client()
+    sent = client.send("patient", {"postpone": 3}, sender="tester")
+    # Then it is delivered on its fourth run, its attempts recorded postponed, not failed
+    state = wait_final(client, sent.message_id)
+    assert (state.status, state.reply) == ("delivered", "done at last")
+    log = [(a.number, a.outcome) for a in state.attempt_log]
+    assert log == [(1, "postponed")] * 3 + [(1, "delivered")], log
+    assert state.attempt_log[0].error == "postponed: not yet"
+    # And the waits were at least the 0.2 s asked for
+    runs = [r["at"] for r in backend.runs("patient")]
+    assert len(runs) == 4 and all(b - a >= 0.19 for a, b in itertools.pairwise(runs))
+
+
+@pytest.mark.parametrize(
+    ("agent_name", "pool"),
+    [("sleepy", "prefork"), ("sleepy_async", "prefork"), ("sleepy_async", "threads")],
+)
+def test_a_handler_past_its_time_limit_is_stopped_and_recorded_timed_out(
+    backend: Backend, start_worker: Callable[..., Worker], agent_name: str, pool: str
+) -> None:
+    # Given an agent with time_limit_s=0.5 and one retry
+    start_worker("--agents", agent_name, "--pool", pool)
+    client = backend.client()
+    # When one message sleeps 0.1 s and another 30 s
+    quick = client.send(agent_name, {"sleep": 0.1}, sender="tester").message_id
+    stuck = client.send(agent_name, {"sleep": 30}, sender="tester").message_id
+    # Then the quick one is delivered, the other stopped twice and dead, each attempt
+    # recorded timed-out (a failure like any other)
+    assert wait_final(client, quick).status == "delivered"
+    state = wait_final(client, stuck, timeout_s=20)
+    assert (state.status, state.dead_reason, state.attempts) == ("dead", "exhausted", 2)
+    errors = [a.error for a in state.attempt_log]
+    assert errors == ["timed-out: the handler ran past its time_limit_s (0.5 s)"] * 2, errors
+    # And the handler never woke from its sleep: it was stopped, not waited for
+    woke = [r for r in backend.runs(agent_name, "woke") if r["id"] == stuck]
+    assert woke == []
