@@ -214,25 +214,18 @@ class Attempt:
 
     def postpone(self, after_s: float, *, error: str) -> Failure:
         """The handler asked to be tried again later: no retry is spent."""
-        ended = time.time()
-        recorded = storage.postpone(
-            self.core.engine,
-            self.message_id,
-            claim_=self.claim,
-            worker=self.worker,
-            started_at=self.started_at,
-            now=ended,
-            due_at=ended + after_s,
-            error=error,
-        )
-        return Failure(dead=False, countdown_s=after_s, recorded=recorded)
+        return self._retry_after(after_s, error=error, traceback=None, counted=False)
 
     def failed(self, policy: RetryPolicy, *, error: str, traceback: str | None) -> Failure:
         """A failed attempt: retried after backoff, or dead once the policy is used up."""
         if policy.is_last(self.number):
             recorded = self.dead(reason="exhausted", error=error, traceback=traceback)
             return Failure(dead=True, recorded=recorded)
-        countdown = policy.delay_s(self.number)
+        return self._retry_after(policy.delay_s(self.number), error=error, traceback=traceback)
+
+    def _retry_after(
+        self, countdown_s: float, *, error: str, traceback: str | None, counted: bool = True
+    ) -> Failure:
         ended = time.time()
         recorded = storage.schedule_retry(
             self.core.engine,
@@ -241,8 +234,9 @@ class Attempt:
             worker=self.worker,
             started_at=self.started_at,
             now=ended,
-            due_at=ended + countdown,
+            due_at=ended + countdown_s,
             error=error,
             traceback=traceback,
+            counted=counted,
         )
-        return Failure(dead=False, countdown_s=countdown, recorded=recorded)
+        return Failure(dead=False, countdown_s=countdown_s, recorded=recorded)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from storage.audit import audit_entries, count_audited, record_audit
 from storage.buckets import take_token
 from storage.claims import Claim, Taken, claim, claim_next, take
-from storage.completion import complete, mark_dead, postpone, schedule_retry
+from storage.completion import complete, mark_dead, schedule_retry
 from storage.credentials import add_key, find_key, list_keys, revoke_keys, subject_revoked_at
 from storage.engine import dispose_engines, engine_for
 from storage.epochs import broker_epoch, swap_broker_epoch
@@ -118,7 +118,6 @@ __all__ = [
     "marked_at",
     "overdue",
     "peek",
-    "postpone",
     "purge",
     "record_audit",
     "recover_expired",

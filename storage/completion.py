@@ -15,7 +15,7 @@ from storage import postgres
 from storage.claims import Claim
 from storage.sql import ACTIVE_STATUSES, ATTEMPTS, MESSAGES, fenced
 
-__all__ = ["complete", "mark_dead", "postpone", "schedule_retry"]
+__all__ = ["complete", "mark_dead", "schedule_retry"]
 
 
 def _finish(
@@ -113,8 +113,21 @@ def schedule_retry(
     due_at: float,
     error: str,
     traceback: str | None,
+    counted: bool = True,
 ) -> bool:
-    """Record a failed attempt whose retry is due at ``due_at``."""
+    """Record a failed attempt whose retry is due at ``due_at``; with ``counted=False``
+    one the handler postponed, whose number is given back (the next claim takes it
+    again), so it spends no retry."""
+    values: dict[str, Any] = {
+        "status": "retrying",
+        "due_at": due_at,
+        "error": error,
+        # The retry's task is published by the worker right after this commit.
+        "handed_at": now,
+        "spare_at": None,
+    }
+    if not counted:
+        values["attempts"] = claim_.attempt - 1
     return _finish(
         engine,
         message_id,
@@ -122,51 +135,10 @@ def schedule_retry(
         worker=worker,
         started_at=started_at,
         now=now,
-        outcome="retry",
-        # The retry's task is published by the worker right after this commit.
-        values={
-            "status": "retrying",
-            "due_at": due_at,
-            "error": error,
-            "handed_at": now,
-            "spare_at": None,
-        },
+        outcome="retry" if counted else "postponed",
+        values=values,
         error=error,
         traceback=traceback,
-    )
-
-
-def postpone(
-    engine: Engine,
-    message_id: str,
-    *,
-    claim_: Claim,
-    worker: str,
-    started_at: float,
-    now: float,
-    due_at: float,
-    error: str,
-) -> bool:
-    """Record an attempt the handler postponed: due again at ``due_at``, and its number
-    given back (the next claim takes it again), so it spends no retry."""
-    return _finish(
-        engine,
-        message_id,
-        claim_=claim_,
-        worker=worker,
-        started_at=started_at,
-        now=now,
-        outcome="postponed",
-        values={
-            "status": "retrying",
-            "due_at": due_at,
-            "attempts": claim_.attempt - 1,
-            "error": error,
-            "handed_at": now,
-            "spare_at": None,
-        },
-        error=error,
-        traceback=None,
     )
 
 
