@@ -44,6 +44,7 @@ class AgentSpec:
     retry_on: tuple[type[BaseException], ...] | None = None
     give_up_on: tuple[type[BaseException], ...] = ()
     time_limit_s: float | None = None
+    max_backlog: int | None = None
 
 
 _registry: dict[str, AgentSpec] = {}
@@ -60,6 +61,7 @@ def agent(
     retry_on: Sequence[type[BaseException]] | None = None,
     give_up_on: Sequence[type[BaseException]] = (),
     time_limit_s: float | None = None,
+    max_backlog: int | None = None,
 ) -> Callable[[H], H]:
     """Register ``handler(msg, ctx) -> JSON | None`` as the agent ``name``.
 
@@ -80,6 +82,8 @@ def agent(
             ``timed-out`` (a failure: retried, then dead). Async handlers are cancelled
             on any pool, sync ones interrupted on prefork; on the threads pool a sync
             handler cannot be interrupted: one that returns late is recorded timed-out.
+        max_backlog: undelivered messages the agent accepts; a send past it raises
+            ``InboxFull`` in the sending process (stored with the registration).
 
     Raises:
         ConfigurationError: a bad name or option, or the name taken by another handler.
@@ -98,6 +102,8 @@ def agent(
     given_up = _errors(name, "give_up_on", give_up_on)
     if time_limit_s is not None and not time_limit_s > 0:
         raise ConfigurationError(f"agent {name!r}: time_limit_s must be > 0, got {time_limit_s}")
+    if max_backlog is not None and max_backlog < 1:
+        raise ConfigurationError(f"agent {name!r}: max_backlog must be >= 1, got {max_backlog}")
 
     def register(handler: H) -> H:
         if not callable(handler):
@@ -123,6 +129,7 @@ def agent(
             retried,
             given_up,
             time_limit_s,
+            max_backlog,
         )
         return handler
 

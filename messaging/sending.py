@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -26,7 +27,7 @@ from messaging.outbox import Background, HandedMarks
 from messaging.results import SendResult
 from messaging.tracing import current_context
 from wire.boundary import broker_errors, require_store, store_errors
-from wire.errors import BrokerUnavailable, InvalidEnvelope, UnknownAgent
+from wire.errors import BrokerUnavailable, InboxFull, InvalidEnvelope, UnknownAgent
 from wire.settings import Settings
 
 if TYPE_CHECKING:
@@ -39,6 +40,10 @@ if TYPE_CHECKING:
 __all__ = ["Sender"]
 
 log = logging.getLogger("agentpost.client")
+
+# How long a sender trusts its copy of the registry: a worker that starts with a new
+# max_backlog for an agent is seen by every sender within this.
+_REGISTRY_TTL_S = 5.0
 
 
 class Sender:
@@ -72,6 +77,8 @@ class Sender:
         self.settings = base
         self._app = app
         self._known: dict[str, str] = {}  # agent name -> kind
+        self._max_backlog: dict[str, int] = {}  # agent name -> its limit, where it has one
+        self._known_at = float("-inf")
         self._handed = HandedMarks(lambda: self.engine)
         # The publishes of committed rows, off the caller's thread (messaging/outbox.py).
         self._outbox: Background[DeliveryTask] = Background(
@@ -98,7 +105,7 @@ class Sender:
         return self._app
 
     @overload
-    def send(self, envelope: Envelope, /) -> SendResult: ...
+    def send(self, envelope: Envelope, /, *, wait_s: float | None = None) -> SendResult: ...
 
     @overload
     def send(
@@ -116,6 +123,7 @@ class Sender:
         expires_at: datetime | None = None,
         metadata: dict[str, Any] | None = None,
         delivery: Delivery = "at-least-once",
+        wait_s: float | None = None,
     ) -> SendResult: ...
 
     def send(
@@ -133,6 +141,7 @@ class Sender:
         expires_at: datetime | None = None,
         metadata: dict[str, Any] | None = None,
         delivery: Delivery = "at-least-once",
+        wait_s: float | None = None,
     ) -> SendResult:
         """Send one message; a repeated idempotency key returns the first message.
 
@@ -143,6 +152,8 @@ class Sender:
         Raises:
             InvalidEnvelope: bad names, a payload that is not JSON or too large.
             UnknownAgent: a receiver that no agent has registered.
+            InboxFull: the receiver's backlog is at its ``max_backlog`` (and stayed
+                there for ``wait_s``).
             StoreUnavailable: the database did not accept the message.
         """
         if isinstance(receiver, Envelope):
@@ -163,15 +174,19 @@ class Sender:
                 metadata=metadata,
                 delivery=delivery,
             )
-        return self.send_many([envelope])[0]
+        return self.send_many([envelope], wait_s=wait_s)[0]
 
-    def send_many(self, envelopes: Sequence[Envelope]) -> list[SendResult]:
+    def send_many(
+        self, envelopes: Sequence[Envelope], *, wait_s: float | None = None
+    ) -> list[SendResult]:
         """Send several messages in one store transaction (all accepted, or none).
 
         Every envelope is checked before anything is stored, so one bad message
-        refuses the whole batch.
+        refuses the whole batch; so does a receiver without room for its share
+        (``InboxFull``, after waiting up to ``wait_s`` for room).
         """
         checked = [self._check(envelope) for envelope in envelopes]
+        self._make_room(checked, wait_s)
         if any(env.delivery == "best-effort" for env, _ in checked):
             if len(checked) != 1:
                 raise InvalidEnvelope("send best-effort messages one at a time, not in a batch")
@@ -240,8 +255,27 @@ class Sender:
             envelope = envelope.model_copy(update={"trace": context})
         return envelope, envelope.wire_json()
 
+    def _make_room(self, checked: Sequence[tuple[Envelope, str]], wait_s: float | None) -> None:
+        """Raise ``InboxFull`` unless each limited receiver has room for its messages.
+
+        The check reads the backlog before the insert: senders racing each other can
+        pass a limit by as many messages as they send at once.
+        """
+        wanted = Counter(env.receiver for env, _ in checked if env.receiver in self._max_backlog)
+        deadline = time.monotonic() + (wait_s or 0.0)
+        for receiver, count in wanted.items():
+            limit = self._max_backlog[receiver]
+            while True:
+                with self._store():
+                    backlog = storage.backlog(self.engine, receiver)
+                if backlog + count <= limit:
+                    break
+                if time.monotonic() >= deadline:
+                    raise InboxFull(receiver, backlog=backlog, limit=limit)
+                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
     def _require_agent(self, name: str) -> None:
-        if name in self._known:
+        if name in self._known and time.monotonic() - self._known_at < _REGISTRY_TTL_S:
             return
         self._refresh_agents()
         if name not in self._known:
@@ -252,6 +286,8 @@ class Sender:
         with self._store():
             rows = storage.list_agents(self.engine)
         self._known = {a.name: a.kind for a in rows}
+        self._max_backlog = {a.name: a.max_backlog for a in rows if a.max_backlog is not None}
+        self._known_at = time.monotonic()
         return rows
 
     def _publish(self, tasks: Sequence[DeliveryTask]) -> None:

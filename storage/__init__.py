@@ -30,6 +30,7 @@ from storage.queries import (
     trace,
 )
 from storage.registry import (
+    backlog,
     find_agent,
     list_agents,
     register_agents,
@@ -88,6 +89,7 @@ __all__ = [
     "agent_totals",
     "attempts_of",
     "audit_entries",
+    "backlog",
     "begin_sweep",
     "broker_epoch",
     "chain_starter",

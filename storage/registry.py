@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from storage.sql import (
+    ACTIVE_STATUSES,
     AGENTS,
+    MESSAGES,
     SUBSCRIPTIONS,
     dialect_insert,
 )
 from storage.tables import Agent, Subscription
 
 __all__ = [
+    "backlog",
     "find_agent",
     "list_agents",
     "register_agents",
@@ -25,21 +28,35 @@ __all__ = [
 
 
 def register_agents(
-    engine: Engine, agents: Iterable[tuple[str, str]], *, kind: str, now: float
+    engine: Engine,
+    agents: Iterable[tuple[str, str]],
+    *,
+    kind: str,
+    now: float,
+    max_backlog: Mapping[str, int | None] | None = None,
 ) -> None:
-    """Upsert (name, queue) pairs into the registry, refreshing ``last_seen_at``."""
+    """Upsert (name, queue) pairs into the registry, refreshing ``last_seen_at``, with
+    each agent's ``max_backlog`` (the last worker to start decides it)."""
+    limits = max_backlog or {}
     with engine.begin() as conn:
         insert = dialect_insert(conn)
         for name, queue in agents:
-            stmt = insert(AGENTS).values(
-                name=name, kind=kind, queue=queue, registered_at=now, last_seen_at=now
-            )
+            declared = {"kind": kind, "queue": queue, "max_backlog": limits.get(name)}
+            stmt = insert(AGENTS).values(name=name, registered_at=now, last_seen_at=now, **declared)
             conn.execute(
                 stmt.on_conflict_do_update(
-                    index_elements=["name"],
-                    set_={"kind": kind, "queue": queue, "last_seen_at": now},
+                    index_elements=["name"], set_={**declared, "last_seen_at": now}
                 )
             )
+
+
+def backlog(engine: Engine, receiver: str) -> int:
+    """The receiver's undelivered messages (queued, running or retrying)."""
+    query = select(func.count()).where(
+        MESSAGES.c.receiver == receiver, MESSAGES.c.status.in_(ACTIVE_STATUSES)
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
 
 
 def find_agent(engine: Engine, name: str) -> Agent | None:

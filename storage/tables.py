@@ -99,6 +99,8 @@ class Agent(SQLModel, table=True):
     max_retries: int | None = None
     backoff_s: float | None = None
     backoff_max_s: float | None = None
+    # Undelivered messages the agent accepts before sends to it raise InboxFull.
+    max_backlog: int | None = None
 
 
 class Subscription(SQLModel, table=True):

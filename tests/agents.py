@@ -143,6 +143,13 @@ async def sleepy_async(msg: Envelope, ctx: Context) -> str:
     return "rested"
 
 
+@agent("bounded", max_backlog=3)
+def bounded(msg: Envelope, ctx: Context) -> str:
+    _record(msg, ctx, "run")
+    time.sleep(_payload(msg).get("sleep", 0))
+    return "ok"
+
+
 def _runs(agent_name: str) -> list[dict[str, Any]]:
     log = _spool() / f"{agent_name}.log"
     return [json.loads(line) for line in log.read_text().splitlines() if line]

@@ -1,14 +1,20 @@
 """What an agent declares about itself, enforced on real workers: retry rules by error
-type, ``Retry(after_s=...)`` that spends no retry, a time limit per agent."""
+type, ``Retry(after_s=...)`` that spends no retry, a time limit per agent, a backlog
+limit checked by every sender."""
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 
+import httpx
 import pytest
+from sqlalchemy import text
 
-from tests.conftest import Backend, Worker, wait_final
+import storage
+from messaging import Envelope, InboxFull
+from tests.conftest import Backend, Gateway, Worker, create_key, wait_final
 
 pytestmark = [
     pytest.mark.slow,
@@ -88,3 +94,46 @@ def test_a_handler_past_its_time_limit_is_stopped_and_recorded_timed_out(
     # And the handler never woke from its sleep: it was stopped, not waited for
     woke = [r for r in backend.runs(agent_name, "woke") if r["id"] == stuck]
     assert woke == []
+
+
+def test_a_send_past_the_agent_s_max_backlog_is_refused_with_nothing_stored(
+    backend: Backend, start_worker: Callable[..., Worker], start_gateway: Callable[..., Gateway]
+) -> None:
+    # Given an agent declaring max_backlog=3 (registered by its worker, now stopped),
+    # holding 3 undelivered messages
+    start_worker("--agents", "bounded").stop()
+    client = backend.client()
+    for _ in range(3):
+        client.send("bounded", {}, sender="tester")
+    engine = storage.engine_for(backend.settings.database)
+
+    def stored() -> int:
+        query = text("SELECT count(*) FROM agentpost_messages WHERE receiver = 'bounded'")
+        with engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    # When a 4th is sent, alone, in a batch, or waiting a little for room
+    with pytest.raises(InboxFull) as refused:
+        client.send("bounded", {}, sender="tester")
+    batch = [Envelope.build("bounded", {}, sender="tester") for _ in range(2)]
+    with pytest.raises(InboxFull):
+        client.send_many(batch)
+    started = time.monotonic()
+    with pytest.raises(InboxFull):
+        client.send("bounded", {}, sender="tester", wait_s=0.5)
+    waited = time.monotonic() - started
+    # Then each is refused naming the backlog and the limit, and nothing more is stored
+    assert (refused.value.backlog, refused.value.limit) == (3, 3)
+    assert "max_backlog is 3" in str(refused.value)
+    assert stored() == 3 and waited >= 0.5
+    # And the gateway answers 429 with Retry-After for it
+    gateway = start_gateway()
+    _, key = create_key(backend, "caller2", "bounded", "send")
+    answer = httpx.post(
+        f"{gateway.url}/v1/messages",
+        headers={"X-API-Key": key},
+        json={"target_agent": "bounded", "payload": {}},
+        timeout=10,
+    )
+    assert answer.status_code == 429 and answer.headers["Retry-After"] == "1", answer.text
+    assert answer.json()["limit"] == 3 and stored() == 3

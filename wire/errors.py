@@ -7,6 +7,7 @@
     ├── InvalidEnvelope (ValueError)         a message refused before anything is stored
     │   └── PayloadTooLarge                  over AGENTPOST_MAX_PAYLOAD_BYTES
     ├── UnknownAgent (LookupError)           a receiver that no agent has registered
+    ├── InboxFull                            the receiver's backlog is at its max_backlog
     ├── MessageNotFound (LookupError)        no such message (or not in a state for that call)
     ├── RequestTimeout (TimeoutError)        no reply in time; carries the message id
     ├── RequestFailed                        the request ended dead; carries id, reason, error
@@ -38,6 +39,7 @@ __all__ = [
     "DeadLettered",
     "DeliveryError",
     "GatewayError",
+    "InboxFull",
     "InvalidEnvelope",
     "LeaseExpired",
     "MessageNotFound",
@@ -70,6 +72,22 @@ class PayloadTooLarge(InvalidEnvelope):
 
 class UnknownAgent(AgentpostError, LookupError):
     """A receiver that no agent has registered."""
+
+
+class InboxFull(AgentpostError):
+    """The receiver's undelivered messages reached its ``max_backlog``: nothing was stored.
+
+    Send again later, or ``send(..., wait_s=...)`` to wait for room.
+    """
+
+    def __init__(self, receiver: str, *, backlog: int, limit: int) -> None:
+        super().__init__(
+            f"agent {receiver!r} has {backlog} undelivered message(s), its max_backlog is "
+            f"{limit}: send again later (or send(..., wait_s=...) to wait for room)"
+        )
+        self.receiver = receiver
+        self.backlog = backlog
+        self.limit = limit
 
 
 class MessageNotFound(AgentpostError, LookupError):

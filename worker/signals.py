@@ -37,7 +37,8 @@ def register_served_agents(app: AgentpostCelery, queues: set[str]) -> list[str]:
     owned = {table.key: table for name, _ in served for table in specs[name].tables}
     if made := storage.create_owned_tables(engine, list(owned.values())):
         log.info("created the agents' own tables: %s", ", ".join(made))
-    storage.register_agents(engine, served, kind="handler", now=time.time())
+    limits = {name: specs[name].max_backlog for name, _ in served}
+    storage.register_agents(engine, served, kind="handler", now=time.time(), max_backlog=limits)
     return [name for name, _ in served]
 
 

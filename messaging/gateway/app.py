@@ -37,6 +37,7 @@ from messaging.results import MessageState
 from wire.errors import (
     AgentpostError,
     BrokerUnavailable,
+    InboxFull,
     InvalidEnvelope,
     MessageNotFound,
     PayloadTooLarge,
@@ -236,6 +237,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _refusal({"detail": str(exc), "message_id": exc.message_id}, 504)
 
     app.add_exception_handler(InvokeTimeout, timed_out)
+
+    def full(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, InboxFull)
+        # The caller is told to come back, like any other rate of acceptance it exceeds.
+        body = {"detail": str(exc), "backlog": exc.backlog, "limit": exc.limit}
+        return JSONResponse(body, status_code=429, headers={"Retry-After": "1"})
+
+    app.add_exception_handler(InboxFull, full)
 
 
 def _add_routes(app: FastAPI, gateway: Gateway) -> None:
