@@ -18,11 +18,11 @@ AGENTPOST_SWEEP_INTERVAL_S=1 AGENTPOST_REDELIVER_AFTER_S=5``.
 At the end of each run it checks, from the store: every idempotency key is one row, every
 message is delivered and none dead, every exactly-once message's effect happened exactly
 once and every at-least-once message's at least once. Throughout, it samples the broker's
-delivery tasks (inbox lists plus kombu's unacked hash) against the messages outstanding
+delivery tasks (the inbox lists) against the messages outstanding
 (stored, neither delivered nor dead); the check is that at the peak the tasks are at most
 twice the outstanding messages (it also prints the most tasks beyond that at any sample:
-a SIGKILLed worker's prefetched tasks stay in Redis's unacked hash until the visibility
-timeout, so a few can outlive their messages). It prints both runs, the time ratio
+a spare copy whose message was delivered meanwhile waits in its inbox until a worker takes
+it and finds the row done). It prints both runs, the time ratio
 (the goal: within 2x) and exits 1 if a check failed.
 
 Run from the repository root (about 40 s for N = 2,000 on two cores; ``tests/test_faults.py``
@@ -173,7 +173,6 @@ class PrivatePostgres:
 class Sample:
     at: float
     tasks: int
-    unacked: int  # of ``tasks``: taken by a worker, not yet acknowledged
     outstanding: int
 
 
@@ -203,9 +202,9 @@ class RunReport:
     revived: int = 0  # processes that exited on their own, started again
     failures: list[str] = field(default_factory=list)
     # For reading a run afterwards (--json): what happened when, and the samples as
-    # (seconds, tasks, of them unacked, outstanding messages).
+    # (seconds, tasks, outstanding messages).
     events: list[tuple[float, str]] = field(default_factory=list)
-    timeline: list[tuple[float, int, int, int]] = field(default_factory=list)
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)
 
 
 class Deployment:
@@ -264,15 +263,14 @@ class Deployment:
             proc.wait(timeout=10)
 
 
-def count_tasks(client: redis.Redis) -> tuple[int, int]:
-    """Delivery tasks the broker holds (the inbox lists and the unacked, prefetched
-    ones), and how many of them are unacked."""
+def count_tasks(client: redis.Redis) -> int:
+    """Delivery tasks the broker holds: its inbox lists (a worker's prefetched tasks are
+    in its memory, no unacked hash in Redis: wire/brokers.py)."""
     total = 0
     for key in client.scan_iter(match="*agent.*", count=1000):
         if client.type(key) == b"list":
             total += int(client.llen(key))  # type: ignore[arg-type]
-    unacked = int(client.hlen("unacked"))  # type: ignore[arg-type]
-    return total + unacked, unacked
+    return total
 
 
 def outstanding(engine: Any) -> int:
@@ -306,9 +304,9 @@ def sampling(broker: str, engine: Any, samples: list[Sample]) -> Iterator[None]:
                 # message outstanding at one of the two moments (sends and deliveries
                 # go on while it counts).
                 before = outstanding(engine)
-                tasks, unacked = count_tasks(client)
+                tasks = count_tasks(client)
                 waiting = max(before, outstanding(engine))
-                samples.append(Sample(time.monotonic(), tasks, unacked, waiting))
+                samples.append(Sample(time.monotonic(), tasks, waiting))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -397,9 +395,7 @@ def run_once(
         deployment.stop()
     _check(engine, n, report)
     _judge_samples(samples, report)
-    report.timeline = [
-        (round(s.at - started, 1), s.tasks, s.unacked, s.outstanding) for s in samples
-    ]
+    report.timeline = [(round(s.at - started, 1), s.tasks, s.outstanding) for s in samples]
     engine.dispose()
     return report
 
@@ -509,8 +505,8 @@ def _judge_samples(samples: list[Sample], report: RunReport) -> None:
         return
     peak = max(samples, key=lambda s: s.tasks)
     report.peak_tasks, report.outstanding_at_peak = peak.tasks, peak.outstanding
-    # Reported, not judged: a SIGKILLed worker's prefetched tasks stay in Redis's unacked
-    # hash until the visibility timeout, so a few tasks can outlive their messages.
+    # Reported, not judged: a spare copy whose message was delivered meanwhile waits in
+    # its inbox until a worker takes it, so a few tasks can outlive their messages.
     report.worst_excess = max(s.tasks - 2 * s.outstanding for s in samples)
     if peak.tasks > 2 * peak.outstanding:
         report.failures.append(

@@ -80,7 +80,6 @@ def create_app(settings: Settings | None = None) -> AgentpostCelery:
         broker_transport_options=profile.transport_options(settings),
         broker_connection_retry_on_startup=True,
         result_backend=final_backend_url(settings.results),
-        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         # JSON only: a pickled body is refused by the worker, never deserialised.
         task_serializer="json",
         result_serializer="json",

@@ -38,9 +38,15 @@ class TransportProfile:
             }
         if self.name == "redis":
             return {
-                # Redis redelivers unacked (and ETA) messages after this; it must stay
-                # above the longest retry backoff (Settings checks that).
-                "visibility_timeout": settings.visibility_timeout_s,
+                # No unacked hash in Redis: kombu's ack emulation writes each delivered
+                # message to it and deletes it at the ack (two MULTI/EXEC round trips a
+                # delivery, blocking the worker's consumer), so that another worker can
+                # restore it after the visibility timeout. The store already knows what
+                # a worker took and did not finish (its lease) and what the broker lost
+                # (the sweeper), so the hash bought only a second, slower recovery and
+                # the re-run of a retry waiting past the timeout. Unacked messages are
+                # held in the worker's memory and put back when it stops.
+                "ack_emulation": False,
                 "queue_order_strategy": "priority",
                 "priority_steps": list(range(10)),
                 # redis-py 8 times out blocking reads after 5 s unless told otherwise.

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -54,7 +54,6 @@ class Settings(BaseSettings):
     backoff_s: float = Field(default=1.0, ge=0)
     backoff_max_s: float = Field(default=600.0, ge=0)
     backoff_jitter: bool = True
-    visibility_timeout_s: float = Field(default=3600.0, gt=0)
     task_events: bool = Field(
         default=False,
         description="Celery task events from the start (Flower turns them on at run time)",
@@ -221,16 +220,6 @@ class Settings(BaseSettings):
             # Default to psycopg 3, the driver agentpost installs.
             value = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
         return value
-
-    @model_validator(mode="after")
-    def _check_backoff(self) -> Settings:
-        if self.backoff_max_s >= self.visibility_timeout_s:
-            raise ConfigurationError(
-                f"AGENTPOST_BACKOFF_MAX_S ({self.backoff_max_s}) must stay below "
-                f"AGENTPOST_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}): Redis "
-                "redelivers a retry that waits longer than the visibility timeout"
-            )
-        return self
 
     @property
     def gateway_body_limit(self) -> int:
