@@ -8,7 +8,7 @@ from __future__ import annotations
 from storage.audit import audit_entries, count_audited, record_audit
 from storage.buckets import take_token
 from storage.claims import Claim, Taken, claim, claim_next, take
-from storage.completion import complete, mark_dead, schedule_retry
+from storage.completion import Delivered, complete, complete_many, mark_dead, schedule_retry
 from storage.credentials import add_key, find_key, list_keys, revoke_keys, subject_revoked_at
 from storage.engine import dispose_engines, engine_for
 from storage.epochs import broker_epoch, swap_broker_epoch
@@ -75,6 +75,7 @@ __all__ = [
     "AuditEntry",
     "BrokerEpoch",
     "Claim",
+    "Delivered",
     "Inserted",
     "Message",
     "NewMessage",
@@ -96,6 +97,7 @@ __all__ = [
     "claim",
     "claim_next",
     "complete",
+    "complete_many",
     "count_audited",
     "create_owned_tables",
     "create_schema",

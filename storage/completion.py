@@ -6,6 +6,8 @@ every statement here requires the row to be ``running`` under this attempt's num
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, update
@@ -15,7 +17,19 @@ from storage import postgres
 from storage.claims import Claim
 from storage.sql import ACTIVE_STATUSES, ATTEMPTS, MESSAGES, fenced
 
-__all__ = ["complete", "mark_dead", "schedule_retry"]
+__all__ = ["Delivered", "complete", "complete_many", "mark_dead", "schedule_retry"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """An attempt that delivered its message, to be recorded with others in one batch."""
+
+    message_id: str
+    claim: Claim
+    worker: str
+    started_at: float
+    ended_at: float
+    reply: str | None
 
 
 def _finish(
@@ -99,6 +113,48 @@ def complete(
         values={"status": "delivered", "reply": reply, "finished_at": now, "error": None},
         error=None,
         traceback=None,
+    )
+
+
+def complete_many(engine: Engine, done: Sequence[Delivered]) -> list[str]:
+    """Mark these messages delivered and record their attempts, in one transaction.
+
+    Each is fenced on its own claim as ``complete`` is; returns the ids of those
+    recorded (the others were taken over, their attempts recorded lost by the takeover).
+    """
+    if len(done) > 1 and engine.dialect.name == "postgresql":
+        return postgres.complete_many(
+            engine,
+            [
+                {
+                    "id": d.message_id,
+                    "attempt": d.claim.attempt,
+                    "redrive": d.claim.redrive,
+                    "worker": d.worker,
+                    "started_at": d.started_at,
+                    "ended_at": d.ended_at,
+                    "reply": d.reply,
+                }
+                for d in done
+            ],
+        )
+    if len(done) == 1:
+        # One alone takes the single completion's statement (on PostgreSQL one autocommit
+        # round trip): planning the batch's JSON join costs more than the row itself.
+        return [d.message_id for d in done if _complete_one(engine, d)]
+    with engine.begin() as conn:
+        return [d.message_id for d in done if _complete_one(conn, d)]
+
+
+def _complete_one(engine: Engine | Connection, d: Delivered) -> bool:
+    return complete(
+        engine,
+        d.message_id,
+        claim_=d.claim,
+        worker=d.worker,
+        started_at=d.started_at,
+        now=d.ended_at,
+        reply=d.reply,
     )
 
 

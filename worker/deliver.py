@@ -46,7 +46,7 @@ from wire.app import SOFT_TIME_LIMIT_SHARE
 from wire.brokers import profile_for
 from wire.encoding import dump_json
 from wire.errors import InvalidEnvelope, PermanentError, Retry
-from worker import logs
+from worker import completions, logs
 from worker.eventloop import HandlerTimedOut, run_coroutine
 
 __all__ = ["DeliveryOutcome", "deliver_envelope", "run_delivery", "worker_identity"]
@@ -231,22 +231,31 @@ def _expires(envelope: Envelope) -> float | None:
 def _complete(
     attempt: Attempt, policy: RetryPolicy, session: Session | None, reply_json: str | None
 ) -> DeliveryOutcome:
-    done = attempt.complete(reply_json, on=session.connection() if session is not None else None)
-    if session is not None:
-        if not done:
-            # Fenced off: another attempt owns the message now, and its writes count.
-            session.rollback()
-            return DeliveryOutcome(
-                "skipped", attempt.message_id, attempt.number, error="lease lost"
-            )
-        try:
-            session.commit()
-        except SQLAlchemyError as exc:
-            # The handler's writes and the completion were refused together (a deferred
-            # constraint, a serialization failure): recorded as this attempt's failure,
-            # not left running until its lease expires.
-            session.rollback()
-            return _failed(attempt, policy, exc)
+    if session is None:
+        # At-least-once: recorded in the background, the task returns now
+        # (worker/completions.py says why a completion that never lands is safe).
+        done = storage.Delivered(
+            attempt.message_id,
+            attempt.claim,
+            attempt.worker,
+            attempt.started_at,
+            time.time(),
+            reply_json,
+        )
+        completions.complete_later(attempt.core.settings.database, done)
+        return DeliveryOutcome("delivered", attempt.message_id, attempt.number)
+    if not attempt.complete(reply_json, on=session.connection()):
+        # Fenced off: another attempt owns the message now, and its writes count.
+        session.rollback()
+        return DeliveryOutcome("skipped", attempt.message_id, attempt.number, error="lease lost")
+    try:
+        session.commit()
+    except SQLAlchemyError as exc:
+        # The handler's writes and the completion were refused together (a deferred
+        # constraint, a serialization failure): recorded as this attempt's failure,
+        # not left running until its lease expires.
+        session.rollback()
+        return _failed(attempt, policy, exc)
     return DeliveryOutcome("delivered", attempt.message_id, attempt.number)
 
 

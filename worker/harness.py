@@ -28,6 +28,7 @@ from messaging.client import Client
 from wire.app import create_app
 from wire.queues import DELIVER_TASK, inbox_name, inbox_queue
 from wire.settings import Settings
+from worker import completions
 from worker.deliver import DeliveryOutcome, run_delivery
 from worker.signals import register_served_agents
 from worker.sweeper import SweepReport, sweep
@@ -107,6 +108,7 @@ class Harness:
 
     def _deliver(self, envelope: Any) -> None:
         outcome = run_delivery(self.client, envelope)
+        completions.flush()  # the store says what run() returns, as a worker's soon does
         self.outcomes.append(outcome)
         if outcome.kind == "retry":
             due = time.monotonic() + outcome.countdown_s

@@ -1,4 +1,5 @@
-"""Celery signal hooks: register served agents, declare the DLX, reset pools after fork.
+"""Celery signal hooks: register served agents, declare the DLX, reset pools after fork,
+write pending completions before a pool process exits.
 
 Celery imports this module by name when a worker starts (the app's ``include``); the
 hooks are connected for that worker's app only, when it initialises.
@@ -16,7 +17,7 @@ import storage
 from messaging.agents import registered_agents
 from wire.app import AgentpostCelery
 from wire.queues import dead_letter_queue, inbox_name
-from worker import logs
+from worker import completions, logs
 
 __all__ = ["connect", "register_served_agents"]
 
@@ -60,6 +61,10 @@ def connect(app: AgentpostCelery) -> None:
         # Pool children must not reuse connections opened before the fork.
         storage.dispose_engines()
 
+    def on_process_shutdown(**_: Any) -> None:
+        # A prefork child ends with os._exit, without atexit: write what it delivered.
+        completions.flush()
+
     def on_logging(logger: logging.Logger | None = None, **_: Any) -> None:
         if logger is not None:
             logs.configure_handlers(logger, app.settings.log_format)
@@ -70,6 +75,7 @@ def connect(app: AgentpostCelery) -> None:
     signals.after_setup_task_logger.connect(on_logging, weak=False)
     signals.worker_ready.connect(on_ready, weak=False)
     signals.worker_process_init.connect(on_process_init, weak=False)
+    signals.worker_process_shutdown.connect(on_process_shutdown, weak=False)
 
 
 def _on_worker_init(sender: Any = None, instance: Any = None, **_: Any) -> None:
