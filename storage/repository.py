@@ -7,7 +7,6 @@ ends of an attempt in ``storage/completion.py``.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +70,7 @@ def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted
     if len(rows) == 1 and engine.dialect.name == "postgresql":
         # The common single send: one autocommit statement, a lookup only if repeated.
         row = rows[0]
-        new_id = postgres.insert_one(engine, _insert_one(), _values(row))
+        new_id = postgres.insert_one(engine, _values(row))
         if new_id is not None:
             return [Inserted(new_id, False, "queued")]
         with engine.connect() as conn:
@@ -125,16 +124,6 @@ def _insert_statement(insert: Any) -> Any:
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
         .returning(MESSAGES.c.id)
     )
-
-
-@functools.cache
-def _insert_one() -> Any:
-    # Built once: the statement is compiled once and each send only binds its values
-    # (a ``.values(...)`` per send cost SQLAlchemy ~0.5 ms of coercion and cache keys).
-    # On the first PostgreSQL send: a SQLite store never imports the dialect.
-    from sqlalchemy.dialects import postgresql  # noqa: PLC0415
-
-    return _insert_statement(postgresql.insert)
 
 
 def _first_holder(conn: Connection, key: str) -> Inserted:

@@ -219,6 +219,12 @@ class Settings(BaseSettings):
         if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
             # Default to psycopg 3, the driver agentpost installs.
             value = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        elif url.get_backend_name() == "postgresql" and url.get_driver_name() != "psycopg":
+            # The delivery path's statements run on psycopg's own connections.
+            raise ConfigurationError(
+                f"AGENTPOST_DATABASE_URL {redact(value)!r}: the {url.get_driver_name()} driver "
+                "is not supported: use postgresql+psycopg:// (psycopg 3)"
+            )
         return value
 
     @property
