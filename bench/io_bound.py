@@ -25,6 +25,7 @@ database is created and dropped, and the run's Redis keys are deleted.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import sys
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cases", default=",".join(CASES), help="comma-separated, of " + ", ".join(CASES)
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per drain")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     add_server_args(parser)
     args = parser.parse_args(argv)
     for key in [k for k in os.environ if k.startswith("AGENTPOST_")]:
@@ -203,6 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         removed = clean_redis(args.redis_url, token)
         print(f"cleanup: removed {removed} redis keys/members", file=sys.stderr)
     print(report(drains, args))
+    if args.json:
+        noop = next(d for d in drains if d.agent == "noop")
+        bound = min(args.concurrency / IO_WAIT_S, noop.rate)
+        figures = {
+            d.agent: {"rate": d.rate, "most_in_flight": d.most_in_flight, "bound": bound}
+            for d in drains
+        }
+        args.json.write_text(json.dumps(figures, indent=2))
     return 0
 
 

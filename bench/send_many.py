@@ -16,6 +16,7 @@ Target (issue: the engine at scale): ``send_many`` >= 10,000 msg/s in batches of
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import sys
 import tempfile
@@ -86,14 +87,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", "-n", type=int, default=20000)
     parser.add_argument("--batches", default="100,1000", help="comma-separated batch sizes")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     add_server_args(parser)
     args = parser.parse_args()
     token = secrets.token_hex(4)
     batches = [int(b) for b in args.batches.split(",")]
     lines = []
+    figures: dict[str, float] = {}
     try:
         raw = raw_send_task_rate(args.redis_url, token, min(args.messages, 5000))
         lines.append(f"raw Celery send_task loop: {raw:,.0f} msg/s")
+        figures["send_task"] = raw
         for events in (True, False):
             with (
                 fresh_database(args.pg_admin_url, f"agentpost_bench_{token}") as db_url,
@@ -104,6 +108,7 @@ def main() -> int:
                 )
                 for batch in batches:
                     built, alone = send_many_rates(client, args.messages, batch)
+                    figures[f"batch_{batch}_events_{'on' if events else 'off'}"] = built
                     lines.append(
                         f"send_many batch {batch:>5}, task events {'on ' if events else 'off'}: "
                         f"{built:>7,.0f} msg/s with building ({built / raw:.2f}x send_task), "
@@ -113,6 +118,8 @@ def main() -> int:
     finally:
         clean_redis(args.redis_url, token)
     print("\n".join(lines))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
     return 0
 
 

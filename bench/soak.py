@@ -22,6 +22,7 @@ database is created and dropped, and the run's Redis keys are deleted.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import statistics
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-s", type=float, default=60.0)
     parser.add_argument("--idle-repeats", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for the soak")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     add_server_args(parser)
     args = parser.parse_args(argv)
     for key in [k for k in os.environ if k.startswith("AGENTPOST_")]:
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix=f"agentpost-soak-{token}-"))
     print(f"run {token}: logs {workdir}", file=sys.stderr)
     lines: list[str] = []
+    figures: dict[str, Any] = {}
     try:
         with fresh_database(args.pg_admin_url, f"agentpost_bench_{token}") as db_url:
             namespace = f"b{token}-soak."
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 round_trip()
                 warm = statistics.median(round_trip() for _ in range(args.warm))
                 lines.append(f"warm round trip (median of {args.warm}): {warm:.2f} ms")
+                figures["warm_ms"] = warm
 
                 n = args.messages
                 done = text(
@@ -163,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 first = next(s for s in samples if s[0] >= n // 10)
                 last = samples[-1]
                 growth = (last[1] - first[1]) / max(1, last[0] - first[0]) * 100_000
+                figures.update(messages=n, growth_mb_per_100k=growth, after_idle_ms=[])
                 lines += [
                     f"soak: {n:,} messages in {soak_s:.0f} s ({n / soak_s:,.0f} msg/s)",
                     f"worker tree RSS: {samples[0][1]:.1f} MB at start, {first[1]:.1f} MB after "
@@ -172,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(args.idle_repeats):
                     time.sleep(args.idle_s)
                     after = round_trip()
+                    figures["after_idle_ms"].append(after)
                     lines.append(
                         f"first request after {args.idle_s:.0f} s idle (#{i + 1}): {after:.2f} ms "
                         f"= {after / warm:.2f}x the warm median (target <= 2x)"
@@ -183,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         removed = clean_redis(args.redis_url, token)
         print(f"cleanup: removed {removed} redis keys/members", file=sys.stderr)
     print("\n".join(lines))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
     return 0
 
 
