@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, bindparam, func, select
 
 from storage import postgres
 from storage.sql import (
@@ -138,8 +140,18 @@ class ReplyState:
 
 
 def reply_state(engine: Engine, message_id: str) -> ReplyState | None:
-    """The status and reply of one message in a single cheap read (request polling)."""
-    stmt = select(
+    """The status and reply of one message in a single cheap read (a reply waiter's)."""
+    if engine.dialect.name == "postgresql":
+        row = postgres.reply_state(engine, message_id)
+    else:
+        with engine.connect() as conn:
+            row = conn.execute(_reply_state(), {"id": message_id}).one_or_none()
+    return None if row is None else ReplyState(*row)
+
+
+@functools.cache
+def _reply_state() -> Any:
+    return select(
         MESSAGES.c.status,
         MESSAGES.c.reply,
         MESSAGES.c.dead_reason,
@@ -147,11 +159,7 @@ def reply_state(engine: Engine, message_id: str) -> ReplyState | None:
         MESSAGES.c.sender,
         MESSAGES.c.receiver,
         MESSAGES.c.correlation_id,
-    ).where(MESSAGES.c.id == message_id)
-    reader = postgres.autocommit(engine) if engine.dialect.name == "postgresql" else engine
-    with reader.connect() as conn:
-        row = conn.execute(stmt).one_or_none()
-    return None if row is None else ReplyState(*row)
+    ).where(MESSAGES.c.id == bindparam("id"))
 
 
 def status_counts(engine: Engine) -> dict[str, dict[str, int]]:
