@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import random
+import time
 from datetime import UTC, datetime
 
 import pytest
+from kombu.asynchronous.timer import Timer
 
 import messaging
 import storage
@@ -15,6 +17,7 @@ import worker
 from messaging import ConfigurationError, Envelope, InvalidEnvelope, Settings, agent
 from messaging.context import child_key
 from messaging.lifecycle import backoff_delay_s
+from worker.timers import drop_canceled
 
 
 @pytest.mark.parametrize("package", [messaging, worker, wire, storage])
@@ -111,3 +114,25 @@ def test_an_agent_s_tables_must_be_tables_and_not_the_store_s() -> None:
         agent("u.owner", tables=["invoices"])
     with pytest.raises(ConfigurationError, match="one of the store's own tables"):
         agent("u.owner", tables=[storage.Message])
+
+
+def test_canceled_timers_leave_the_event_loop_s_heap_and_the_rest_still_fire() -> None:
+    # Given kombu's timer, as Celery's prefork pool fills it: a time-limit entry per task,
+    # canceled when the task ends (kombu would keep those until they were due)
+    fired: list[int] = []
+    timer = Timer()
+    entries = [timer.call_after(0.01 * (i % 7), fired.append, (i,)) for i in range(1000)]
+    for i, entry in enumerate(entries):
+        if i % 10:
+            entry.cancel()
+    # When the canceled ones are dropped
+    assert drop_canceled(timer) == 900
+    assert len(timer) == 100 and drop_canceled(timer) == 0
+    # Then every live entry still fires
+    time.sleep(0.07)
+    for _, (_wait, entry) in zip(range(200), timer, strict=False):
+        if entry is None:
+            break
+        entry()
+    assert sorted(fired) == list(range(0, 1000, 10))
+    assert len(timer) == 0

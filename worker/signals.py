@@ -1,5 +1,5 @@
 """Celery signal hooks: register served agents, declare the DLX, reset pools after fork,
-write pending completions before a pool process exits.
+write pending completions before a pool process exits, keep the event loop's timers lean.
 
 Celery imports this module by name when a worker starts (the app's ``include``); the
 hooks are connected for that worker's app only, when it initialises.
@@ -17,7 +17,7 @@ import storage
 from messaging.agents import registered_agents
 from wire.app import AgentpostCelery
 from wire.queues import dead_letter_queue, inbox_name
-from worker import completions, logs
+from worker import completions, logs, timers
 
 __all__ = ["connect", "register_served_agents"]
 
@@ -49,6 +49,8 @@ def connect(app: AgentpostCelery) -> None:
     def on_ready(sender: Any = None, **_: Any) -> None:
         if sender is None or sender.app is not app:
             return
+        if getattr(sender, "hub", None) is not None:
+            timers.keep_compact(sender.hub)
         queues = set(app.amqp.queues.consume_from or app.amqp.queues)
         names = register_served_agents(app, queues)
         with app.connection_for_write() as conn:
