@@ -81,7 +81,7 @@ def at_least(name: str, value: float, against: float, floor: float, unit: str) -
 
 
 def figures(out: Path, quick: bool, soak_messages: int, idle_s: float) -> list[Figure]:
-    n = "1000" if quick else "2000"
+    n = "1000" if quick else "5000"
     repeats = "1" if quick else "3"
     found: list[Figure] = []
 
