@@ -8,14 +8,16 @@ learns the agent names from the store, where workers register them).
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Table
 
 from messaging.envelope import validate_agent_name
-from wire.errors import ConfigurationError, InvalidEnvelope
+from wire.errors import ConfigurationError, InvalidEnvelope, PermanentError
 
 if TYPE_CHECKING:
     from messaging.context import Context
@@ -45,6 +47,46 @@ class AgentSpec:
     give_up_on: tuple[type[BaseException], ...] = ()
     time_limit_s: float | None = None
     max_backlog: int | None = None
+    # Typed handlers: the payload is checked against ``payload`` (by every sender, from
+    # its JSON Schema in the store) and handed over parsed; the reply must fit ``reply``.
+    payload: type[BaseModel] | None = None
+    reply: type[BaseModel] | None = None
+
+    def schemas(self) -> tuple[str | None, str | None]:
+        """The JSON Schemas of the payload and the reply, as stored (None: untyped)."""
+        return _schema_json(self.payload), _schema_json(self.reply)
+
+    def parse_payload(self, payload: Any) -> Any:
+        """The payload as the handler gets it: the parsed model of a typed agent.
+
+        Raises:
+            InvalidEnvelope: it does not fit the agent's payload model.
+        """
+        if self.payload is None:
+            return payload
+        try:
+            return self.payload.model_validate(payload)
+        except ValidationError as exc:
+            raise InvalidEnvelope(
+                f"the payload does not fit {self.payload.__name__}: {_problems('payload', exc)}"
+            ) from None
+
+    def reply_json(self, reply: Any) -> Any:
+        """The handler's reply in its JSON form (a typed agent's checked against its model).
+
+        Raises:
+            PermanentError: it does not fit the agent's reply model.
+        """
+        if self.reply is not None:
+            try:
+                reply = self.reply.model_validate(reply)
+            except ValidationError as exc:
+                raise PermanentError(
+                    f"the reply does not fit {self.reply.__name__}: {_problems('reply', exc)}"
+                ) from None
+        if isinstance(reply, BaseModel):
+            return reply.model_dump(mode="json")
+        return reply
 
 
 _registry: dict[str, AgentSpec] = {}
@@ -62,6 +104,8 @@ def agent(
     give_up_on: Sequence[type[BaseException]] = (),
     time_limit_s: float | None = None,
     max_backlog: int | None = None,
+    payload: type[BaseModel] | None = None,
+    reply: type[BaseModel] | None = None,
 ) -> Callable[[H], H]:
     """Register ``handler(msg, ctx) -> JSON | None`` as the agent ``name``.
 
@@ -84,6 +128,12 @@ def agent(
             handler cannot be interrupted: one that returns late is recorded timed-out.
         max_backlog: undelivered messages the agent accepts; a send past it raises
             ``InboxFull`` in the sending process (stored with the registration).
+        payload: a pydantic model the payload must fit. Its JSON Schema is stored with
+            the registration and every sending process checks payloads against it
+            (``InvalidEnvelope`` naming the field, nothing stored); the handler gets
+            ``msg.payload`` as the parsed model.
+        reply: a pydantic model the handler's reply must fit (the model itself or a
+            dict); one that does not is a permanent failure (dead, ``rejected``).
 
     Raises:
         ConfigurationError: a bad name or option, or the name taken by another handler.
@@ -104,6 +154,11 @@ def agent(
         raise ConfigurationError(f"agent {name!r}: time_limit_s must be > 0, got {time_limit_s}")
     if max_backlog is not None and max_backlog < 1:
         raise ConfigurationError(f"agent {name!r}: max_backlog must be >= 1, got {max_backlog}")
+    for option, model in (("payload", payload), ("reply", reply)):
+        if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise ConfigurationError(
+                f"agent {name!r}: {option}= takes a pydantic model class, got {model!r}"
+            )
 
     def register(handler: H) -> H:
         if not callable(handler):
@@ -130,6 +185,8 @@ def agent(
             given_up,
             time_limit_s,
             max_backlog,
+            payload,
+            reply,
         )
         return handler
 
@@ -171,6 +228,19 @@ def _table_of(agent_name: str, model: Any) -> Table:
             "(agentpost_*), made by its migrations: name the agent's tables otherwise"
         )
     return table
+
+
+def _problems(root: str, exc: ValidationError) -> str:
+    return "; ".join(
+        ".".join(str(part) for part in (root, *error["loc"])) + ": " + error["msg"]
+        for error in exc.errors()
+    )
+
+
+def _schema_json(model: type[BaseModel] | None) -> str | None:
+    if model is None:
+        return None
+    return json.dumps(model.model_json_schema(), sort_keys=True, separators=(",", ":"))
 
 
 def _qualname(func: Callable[..., JSON] | Handler) -> str:

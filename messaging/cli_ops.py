@@ -170,15 +170,31 @@ def register(app: typer.Typer) -> None:
             return
         emit(states, as_json, chain_tree(states))
 
-    @app.command()
-    def agents(as_json: JsonOpt = False) -> None:
-        """Registered agents with queue depth, consumers online and message counts."""
+    agents_app = typer.Typer(
+        help="Registered agents; 'agents show NAME' for one agent's contract.",
+        invoke_without_command=True,
+    )
+    app.add_typer(agents_app, name="agents")
+
+    @agents_app.callback()
+    def agents(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+        """Registered agents with queue depth, consumers online, message counts and contract."""
+        if ctx.invoked_subcommand is not None:
+            return
         with _client(create_store=False) as client:
             stats = client.agent_stats()
         from messaging.render import cells
 
         table = Table(
-            "agent", "kind", "queue depth", "consumers", "queued", "delivered", "retrying", "dead"
+            "agent",
+            "kind",
+            "queue depth",
+            "consumers",
+            "queued",
+            "delivered",
+            "retrying",
+            "dead",
+            "contract",
         )
         for row in stats:
             table.add_row(
@@ -191,9 +207,28 @@ def register(app: typer.Typer) -> None:
                     row.counts.get("delivered", 0),
                     row.counts.get("retrying", 0),
                     row.counts.get("dead", 0),
+                    row.contract,
                 )
             )
         emit(stats, as_json, table)
+
+    @agents_app.command("show")
+    def agents_show(name: str, as_json: JsonOpt = False) -> None:
+        """One agent's contract: its limits and the JSON Schemas of its payload and reply."""
+        with _client(create_store=False) as client:
+            found = {a.name: a for a in client.agents()}
+        if name not in found:
+            known = ", ".join(sorted(found)) or "none"
+            typer.echo(f"no agent {name!r} (registered: {known})", err=True)
+            raise typer.Exit(2)
+        info = found[name]
+        if as_json:
+            emit(info, True)
+            return
+        typer.echo(f"{info.name} ({info.kind}): {info.contract() or 'no contract declared'}")
+        for label, schema in (("payload", info.payload_schema), ("reply", info.reply_schema)):
+            if schema is not None:
+                typer.echo(f"\n{label} schema:\n{json.dumps(schema, indent=2)}")
 
     dlq = typer.Typer(help="Dead letters: list, show, redrive, purge.", no_args_is_help=True)
     app.add_typer(dlq, name="dlq")

@@ -136,6 +136,7 @@ class Client(Sender):
                 else counts.get(a.name, {}).get("queued", 0),
                 consumers=consumers_of(self.app, a.name, by_queue) if a.kind == "handler" else None,
                 counts=counts.get(a.name, {}),
+                contract=AgentInfo.from_row(a).contract(),
             )
             for a in rows
         ]
@@ -294,8 +295,12 @@ class Client(Sender):
         metadata: dict[str, Any] | None = None,
         delivery: Delivery = "at-least-once",
     ) -> list[SendResult]:
-        """One message to every registered agent except the sender."""
-        recipients = sorted(a.name for a in self._refresh_agents() if a.name != sender)
+        """One message to every registered agent except the sender, and except the typed
+        agents whose payload model ``payload`` does not fit (they could never take it)."""
+        rows = self._refresh_agents()
+        recipients = sorted(
+            a.name for a in rows if a.name != sender and self._schemas.fits(a.name, payload)
+        )
         return self._send_fanned(
             fan_out(
                 recipients,

@@ -122,6 +122,11 @@ class AgentInfo(BaseModel):
     queue: str
     registered_at: datetime
     last_seen_at: datetime
+    max_backlog: int | None = None
+    # A typed agent's JSON Schemas (None: untyped) and how often they changed.
+    payload_schema: dict[str, Any] | None = None
+    reply_schema: dict[str, Any] | None = None
+    schema_version: int | None = None
 
     @classmethod
     def from_row(cls, row: storage.Agent) -> AgentInfo:
@@ -131,7 +136,24 @@ class AgentInfo(BaseModel):
             queue=row.queue,
             registered_at=_dt(row.registered_at) or datetime.now(UTC),
             last_seen_at=_dt(row.last_seen_at) or datetime.now(UTC),
+            max_backlog=row.max_backlog,
+            payload_schema=json.loads(row.payload_schema) if row.payload_schema else None,
+            reply_schema=json.loads(row.reply_schema) if row.reply_schema else None,
+            schema_version=row.schema_version,
         )
+
+    def contract(self) -> str:
+        """What the agent declared, in a line: its models (version) and limits."""
+        parts = []
+        if self.payload_schema is not None:
+            parts.append(f"payload {self.payload_schema.get('title', '?')}")
+        if self.reply_schema is not None:
+            parts.append(f"reply {self.reply_schema.get('title', '?')}")
+        if parts:
+            parts[-1] += f" (v{self.schema_version})"
+        if self.max_backlog is not None:
+            parts.append(f"max_backlog {self.max_backlog}")
+        return " · ".join(parts)
 
 
 class Reply(BaseModel):
@@ -161,3 +183,4 @@ class AgentStats(BaseModel):
     queue_depth: int | None
     consumers: int | None
     counts: dict[str, int]
+    contract: str = ""  # what the agent declared (``AgentInfo.contract``)

@@ -25,6 +25,7 @@ import storage
 from messaging.envelope import Delivery, Envelope, Priority
 from messaging.outbox import Background, HandedMarks
 from messaging.results import SendResult
+from messaging.schemas import PayloadSchemas
 from messaging.tracing import current_context
 from wire.boundary import broker_errors, require_store, store_errors
 from wire.errors import BrokerUnavailable, InboxFull, InvalidEnvelope, UnknownAgent
@@ -78,6 +79,7 @@ class Sender:
         self._app = app
         self._known: dict[str, str] = {}  # agent name -> kind
         self._max_backlog: dict[str, int] = {}  # agent name -> its limit, where it has one
+        self._schemas = PayloadSchemas()  # typed agents' payload schemas, from the store
         self._known_at = float("-inf")
         self._handed = HandedMarks(lambda: self.engine)
         # The publishes of committed rows, off the caller's thread (messaging/outbox.py).
@@ -251,6 +253,7 @@ class Sender:
         """The envelope as it will be sent, and its wire JSON (made once, here)."""
         envelope.check_size(self.settings.max_payload_bytes)
         self._require_agent(envelope.receiver)
+        self._schemas.check(envelope.receiver, envelope.payload)
         if not envelope.trace and (context := current_context()):
             envelope = envelope.model_copy(update={"trace": context})
         return envelope, envelope.wire_json()
@@ -287,6 +290,7 @@ class Sender:
             rows = storage.list_agents(self.engine)
         self._known = {a.name: a.kind for a in rows}
         self._max_backlog = {a.name: a.max_backlog for a in rows if a.max_backlog is not None}
+        self._schemas.update(rows)
         self._known_at = time.monotonic()
         return rows
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, or_, select
 
 from storage.sql import (
     ACTIVE_STATUSES,
@@ -34,18 +34,40 @@ def register_agents(
     kind: str,
     now: float,
     max_backlog: Mapping[str, int | None] | None = None,
+    schemas: Mapping[str, tuple[str | None, str | None]] | None = None,
 ) -> None:
     """Upsert (name, queue) pairs into the registry, refreshing ``last_seen_at``, with
-    each agent's ``max_backlog`` (the last worker to start decides it)."""
+    each agent's ``max_backlog`` and its (payload, reply) JSON Schemas: the last worker
+    to start decides them, and a change of schema counts a new ``schema_version``."""
     limits = max_backlog or {}
+    declared_schemas = schemas or {}
     with engine.begin() as conn:
         insert = dialect_insert(conn)
         for name, queue in agents:
-            declared = {"kind": kind, "queue": queue, "max_backlog": limits.get(name)}
-            stmt = insert(AGENTS).values(name=name, registered_at=now, last_seen_at=now, **declared)
+            payload, reply = declared_schemas.get(name, (None, None))
+            declared = {
+                "kind": kind,
+                "queue": queue,
+                "max_backlog": limits.get(name),
+                "payload_schema": payload,
+                "reply_schema": reply,
+            }
+            first = None if payload is None and reply is None else 1
+            stmt = insert(AGENTS).values(
+                name=name, registered_at=now, last_seen_at=now, schema_version=first, **declared
+            )
+            changed = or_(
+                AGENTS.c.payload_schema.is_distinct_from(stmt.excluded.payload_schema),
+                AGENTS.c.reply_schema.is_distinct_from(stmt.excluded.reply_schema),
+            )
+            version = case(
+                (changed, func.coalesce(AGENTS.c.schema_version, 0) + 1),
+                else_=AGENTS.c.schema_version,
+            )
             conn.execute(
                 stmt.on_conflict_do_update(
-                    index_elements=["name"], set_={**declared, "last_seen_at": now}
+                    index_elements=["name"],
+                    set_={**declared, "last_seen_at": now, "schema_version": version},
                 )
             )
 

@@ -101,6 +101,11 @@ class Agent(SQLModel, table=True):
     backoff_max_s: float | None = None
     # Undelivered messages the agent accepts before sends to it raise InboxFull.
     max_backlog: int | None = None
+    # The JSON Schemas of the agent's payload and reply (typed handlers), which every
+    # sender checks payloads against; the version counts the changes to them.
+    payload_schema: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    reply_schema: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    schema_version: int | None = None
 
 
 class Subscription(SQLModel, table=True):

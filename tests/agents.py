@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -148,6 +149,29 @@ def bounded(msg: Envelope, ctx: Context) -> str:
     _record(msg, ctx, "run")
     time.sleep(_payload(msg).get("sleep", 0))
     return "ok"
+
+
+class Brief(BaseModel):
+    """What the typed agent accepts."""
+
+    topic: str
+    words: int = Field(gt=0)
+
+
+class Draft(BaseModel):
+    """What the typed agent answers."""
+
+    title: str
+    words: int
+
+
+@agent("typed", payload=Brief, reply=Draft)
+def typed(msg: Envelope, ctx: Context) -> Draft | dict[str, Any]:
+    brief = msg.payload
+    assert isinstance(brief, Brief), f"the handler got {type(brief).__name__}"
+    if brief.topic == "bad reply":
+        return {"title": brief.topic}  # no words: not a Draft
+    return Draft(title=f"{type(brief).__name__}: {brief.topic}", words=brief.words)
 
 
 def _runs(agent_name: str) -> list[dict[str, Any]]:

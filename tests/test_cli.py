@@ -155,6 +155,7 @@ COMMANDS = [
     *[[c] for c in ("worker", "beat", "flower", "metrics", "demo", "send", "request")],
     *[[c] for c in ("result", "status", "trace", "agents", "serve", "audit")],
     *[["db", c] for c in ("upgrade", "current")],
+    ["agents", "show"],
     *[["dlq", c] for c in ("list", "show", "redrive", "purge")],
     *[["keys", c] for c in ("create", "list", "revoke")],
 ]

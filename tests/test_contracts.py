@@ -5,6 +5,7 @@ limit checked by every sender."""
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable
 
@@ -13,8 +14,8 @@ import pytest
 from sqlalchemy import text
 
 import storage
-from messaging import Envelope, InboxFull
-from tests.conftest import Backend, Gateway, Worker, create_key, wait_final
+from messaging import Envelope, InboxFull, InvalidEnvelope
+from tests.conftest import Backend, Gateway, Worker, agentpost_cli, create_key, wait_final
 
 pytestmark = [
     pytest.mark.slow,
@@ -137,3 +138,61 @@ def test_a_send_past_the_agent_s_max_backlog_is_refused_with_nothing_stored(
     )
     assert answer.status_code == 429 and answer.headers["Retry-After"] == "1", answer.text
     assert answer.json()["limit"] == 3 and stored() == 3
+
+
+def test_a_typed_agent_s_payload_is_checked_by_every_sender_and_its_reply_by_the_worker(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given a worker serving an agent typed payload=Brief, reply=Draft (pydantic models)
+    start_worker("--agents", "typed")
+    engine = storage.engine_for(backend.settings.database)
+
+    def stored() -> int:
+        query = text("SELECT count(*) FROM agentpost_messages WHERE receiver = 'typed'")
+        with engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    # When a process that imports no agent code sends a payload that does not fit
+    done = agentpost_cli(backend, "send", "typed", '{"topic": 5, "words": 0}')
+    # Then it is refused naming each field, and nothing is stored
+    assert done.returncode != 0, done.stdout
+    said = " ".join(done.stderr.split())
+    assert 'payload.topic: 5 is not of type "string"' in said, said
+    assert "payload.words: 0 is less than or equal to the minimum of 0" in said, said
+    assert stored() == 0
+    # And a payload that fits reaches the handler as a Brief; its Draft is the reply
+    client = backend.client()
+    reply = client.request("typed", {"topic": "tides", "words": 120}, sender="tester", timeout_s=30)
+    assert reply.payload == {"title": "Brief: tides", "words": 120}
+    # And a reply that is no Draft is dead at once, the validation error recorded
+    bad = client.send("typed", {"topic": "bad reply", "words": 1}, sender="tester")
+    state = wait_final(client, bad.message_id)
+    assert (state.status, state.dead_reason, state.attempts) == ("dead", "rejected", 1)
+    assert "the reply does not fit Draft: reply.words: Field required" in (state.error or "")
+    # And the contract is shown to operators, its schema in full
+    listed = {a["name"]: a for a in json.loads(agentpost_cli(backend, "agents", "--json").stdout)}
+    assert listed["typed"]["contract"] == "payload Brief · reply Draft (v1)"
+    shown = json.loads(agentpost_cli(backend, "agents", "show", "typed", "--json").stdout)
+    assert shown["payload_schema"]["required"] == ["topic", "words"]
+
+    # When a new version of the agent registers a changed payload schema
+    new_schema = {**shown["payload_schema"], "required": ["topic", "words", "audience"]}
+    storage.register_agents(
+        engine,
+        [("typed", shown["queue"])],
+        kind="handler",
+        now=time.time(),
+        schemas={"typed": (json.dumps(new_schema), json.dumps(shown["reply_schema"]))},
+    )
+    # Then a running sender checks against it within its registry's 5 s, without a restart
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.send("typed", {"topic": "tides", "words": 1}, sender="tester")
+        except InvalidEnvelope as refused:
+            assert "(its schema v2)" in str(refused) and '"audience" is a required' in str(
+                refused
+            ), refused
+            break
+        assert time.monotonic() < deadline, "the sender kept the old schema"
+        time.sleep(0.5)

@@ -17,6 +17,7 @@ import worker
 from messaging import ConfigurationError, Envelope, InvalidEnvelope, Settings, agent
 from messaging.context import child_key
 from messaging.lifecycle import backoff_delay_s
+from messaging.schemas import PayloadSchemas
 from worker.timers import drop_canceled
 
 
@@ -136,3 +137,28 @@ def test_canceled_timers_leave_the_event_loop_s_heap_and_the_rest_still_fire() -
         entry()
     assert sorted(fired) == list(range(0, 1000, 10))
     assert len(timer) == 0
+
+
+def test_a_payload_schema_names_each_field_and_a_broadcast_can_ask_whether_it_fits() -> None:
+    # Given the registry row of an agent typed with a payload model
+    schema = '{"type":"object","required":["topic"],"properties":{"topic":{"type":"string"}}}'
+    row = storage.Agent(
+        name="typed",
+        queue="q",
+        registered_at=0,
+        last_seen_at=0,
+        payload_schema=schema,
+        schema_version=3,
+    )
+    schemas = PayloadSchemas()
+    schemas.update([row, storage.Agent(name="plain", queue="q", registered_at=0, last_seen_at=0)])
+    # Then a fitting payload passes, an untyped agent takes anything
+    schemas.check("typed", {"topic": "x"})
+    assert schemas.fits("plain", {"shutdown": True}) and not schemas.fits("typed", {})
+    # And one that does not fit is refused naming its fields and the schema's version
+    with pytest.raises(InvalidEnvelope) as refused:
+        schemas.check("typed", {"topic": 5})
+    assert str(refused.value) == (
+        "invalid envelope: the payload does not fit agent 'typed' (its schema v3): "
+        'payload.topic: 5 is not of type "string"'
+    )

@@ -181,14 +181,18 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
         sender=envelope.sender,
         attempt=attempt.number,
     )
-    delivered = envelope.model_copy(update={"attempt": attempt.number})
+    try:
+        payload = spec.parse_payload(envelope.payload)
+    except InvalidEnvelope as exc:  # sent before the agent was typed, or by a forged task
+        return _dead(attempt, reason="invalid", error=str(exc))
+    delivered = envelope.model_copy(update={"attempt": attempt.number, "payload": payload})
     # exactly-once: the handler's ctx.session writes and the completion share one
     # transaction, so a crash in between loses both and the redelivery redoes both.
     session = Session(core.engine) if envelope.delivery == "exactly-once" else None
     ctx = Context(delivered, sender=core, worker=worker, session=session)
     try:
         try:
-            reply_json = _encode_reply(_run(spec, delivered, ctx))
+            reply_json = _encode_reply(spec.reply_json(_run(spec, delivered, ctx)))
             if session is not None:
                 session.flush()  # the handler's own SQL fails here, as the handler's error
         except Exception as exc:
@@ -220,7 +224,7 @@ def _encode_reply(reply: Any) -> str | None:
     except (TypeError, ValueError) as exc:
         raise PermanentError(
             f"the reply is not JSON ({exc}): return dicts, lists, strings, numbers, "
-            "booleans or None (a pydantic model: .model_dump(mode='json'))"
+            "booleans, None or a pydantic model"
         ) from exc
 
 
@@ -300,10 +304,11 @@ def _dead(attempt: Attempt, *, reason: str, error: str, tb: str | None = None) -
 
 def _best_effort(core: Sender, spec: AgentSpec, envelope: Envelope, worker: str) -> DeliveryOutcome:
     """No row, no claim, no retries: run the handler once; a failure only fails the task."""
-    delivered = envelope.model_copy(update={"attempt": 1})
     message_id = str(envelope.id)
     logs.note(attempt=1)
     try:
+        payload = spec.parse_payload(envelope.payload)
+        delivered = envelope.model_copy(update={"attempt": 1, "payload": payload})
         _run(spec, delivered, Context(delivered, sender=core, worker=worker))
     except Exception as exc:
         log.warning("best-effort message %s failed and is dropped: %s", message_id, exc)

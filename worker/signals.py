@@ -39,7 +39,10 @@ def register_served_agents(app: AgentpostCelery, queues: set[str]) -> list[str]:
     if made := storage.create_owned_tables(engine, list(owned.values())):
         log.info("created the agents' own tables: %s", ", ".join(made))
     limits = {name: specs[name].max_backlog for name, _ in served}
-    storage.register_agents(engine, served, kind="handler", now=time.time(), max_backlog=limits)
+    schemas = {name: specs[name].schemas() for name, _ in served}
+    storage.register_agents(
+        engine, served, kind="handler", now=time.time(), max_backlog=limits, schemas=schemas
+    )
     return [name for name, _ in served]
 
 
