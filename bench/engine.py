@@ -9,7 +9,7 @@ raw Celery figure it is held against where there is one, the ratio and the targe
   task events on in both; ``Client.send`` from one process against ``send_task``;
   where the CPU goes per message (worker main process, pool, PostgreSQL, Redis).
 * ``send_many.py``: ``send_many`` in batches of 100 and 1,000.
-* ``latency.py``: request → reply p50 and p99 against ``delay().get()``.
+* ``latency.py``: request → reply p50 and p99 against ``delay().get()`` (three runs).
 * ``io_bound.py``: 200 ms handlers (sync and async) on one ``-P threads -c 200`` worker.
 * ``soak.py``: worker memory over ``--soak-messages`` and the first request after idle.
 
@@ -52,13 +52,14 @@ class Figure:
     met: bool | None = None
 
 
-def run(script: str, args: list[str], out: Path) -> Any:
+def run(script: str, args: list[str], out: Path, attempt: int = 0) -> Any:
     """Run ``bench/<script>`` with ``--json``; its figures (its own report goes to ``out``)."""
-    figures = out / f"{script}.json"
+    name = script if not attempt else f"{script}.{attempt}"
+    figures = out / f"{name}.json"
     command = [sys.executable, str(ROOT / "bench" / script), *args, "--json", str(figures)]
     print(f"$ {' '.join(command[1:])}", file=sys.stderr, flush=True)
     started = time.monotonic()
-    with (out / f"{script}.txt").open("w") as report:
+    with (out / f"{name}.txt").open("w") as report:
         subprocess.run(command, cwd=ROOT, stdout=report, stderr=subprocess.STDOUT, check=True)
     print(f"  {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     return json.loads(figures.read_text())
@@ -140,19 +141,27 @@ def figures(out: Path, quick: bool, soak_messages: int, idle_s: float) -> list[F
             )
         )
 
-    series = run("latency.py", ["--requests", "200" if quick else "500"], out)
-    by_system = {s["system"]: sorted(s["samples_ms"]) for s in series}
-    for q in (50, 99):
-        mine = percentile(by_system["agentpost"], q)
-        theirs = percentile(by_system["raw"], q)
+    # The round trip swings between runs far more than within one (1.4x to 2.3x for the
+    # same code, minutes apart): three runs, the median ratio and the range shown.
+    ratios: dict[int, list[tuple[float, float, float]]] = {50: [], 99: []}
+    for attempt in range(1 if quick else 3):
+        series = run("latency.py", ["--requests", "200" if quick else "500"], out, attempt)
+        by_system = {s["system"]: sorted(s["samples_ms"]) for s in series}
+        for q in ratios:
+            mine, theirs = percentile(by_system["agentpost"], q), percentile(by_system["raw"], q)
+            ratios[q].append((mine / theirs, mine, theirs))
+    for q, found_ratios in ratios.items():
+        ordered = sorted(found_ratios)
+        ratio, mine, theirs = ordered[len(ordered) // 2]
+        spread = f" (runs {ordered[0][0]:.2f}-{ordered[-1][0]:.2f})" if len(ordered) > 1 else ""
         found.append(
             Figure(
-                f"request -> reply p{q}",
+                f"request -> reply p{q}, median of {len(ordered)} runs{spread}",
                 f"{mine:.2f} ms",
                 f"{theirs:.2f} ms",
-                mine / theirs,
+                ratio,
                 "<= 1.2",
-                mine / theirs <= 1.2,
+                ratio <= 1.2,
             )
         )
 
