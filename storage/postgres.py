@@ -18,7 +18,6 @@ import re
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, TextClause, text
 from sqlalchemy.exc import DBAPIError
@@ -26,7 +25,6 @@ from sqlalchemy.exc import DBAPIError
 from storage.tables import Attempt, Message, table_of
 
 __all__ = [
-    "autocommit",
     "claim",
     "complete_many",
     "finish",
@@ -60,18 +58,6 @@ WITH c AS (
 )
 SELECT attempts, redrives, recovered_from, envelope, expires_at FROM c
 """)
-
-
-_autocommit_engines: WeakKeyDictionary[Engine, Engine] = WeakKeyDictionary()
-
-
-def autocommit(engine: Engine) -> Engine:
-    # One statement is atomic on its own: no BEGIN/COMMIT round trips around it.
-    found = _autocommit_engines.get(engine)
-    if found is None:
-        found = engine.execution_options(isolation_level="AUTOCOMMIT")
-        _autocommit_engines[engine] = found
-    return found
 
 
 # A batch as one JSON array of rows: a statement whose text never changes (psycopg
@@ -245,9 +231,8 @@ def complete_many(engine: Engine, done: Sequence[dict[str, Any]]) -> list[str]:
 
     ``done``: one dict a message, with the columns of ``_COMPLETE_MANY``'s ``b``.
     """
-    rows = json.dumps(list(done))
-    with autocommit(engine).connect() as conn:
-        return [message_id for (message_id,) in conn.execute(_COMPLETE_MANY, {"rows": rows})]
+    rows = _raw(engine, _COMPLETE_MANY, {"rows": json.dumps(list(done))})
+    return [row.message_id for row in rows]
 
 
 _REPLY_STATE = text(f"""

@@ -99,6 +99,34 @@ def test_sweeper_queries_find_expired_leases_and_overdue_rows(engine: Engine) ->
     assert storage.overdue(engine, now=now + 3.5, grace_s=2, receiver="b", limit=10) == []
 
 
+def test_a_batch_of_completions_records_each_one_fenced_on_its_own_claim(
+    engine: Engine,
+) -> None:
+    # Given three claimed messages, the second taken over by another worker meanwhile
+    ids = [stored_row(engine) for _ in range(3)]
+    now = time.time()
+    claims = [storage.claim(engine, i, worker="w1", now=now, lease_s=10) for i in ids]
+    assert all(claims)
+    storage.claim(engine, ids[1], worker="w2", now=now + 11, lease_s=10)
+    # When w1 records all three delivered in one batch
+    done = [
+        storage.Delivered(i, c, "w1", now, now + 1, f'"r{n}"')
+        for n, (i, c) in enumerate(zip(ids, claims, strict=True))
+        if c is not None
+    ]
+    recorded = storage.complete_many(engine, done)
+    # Then the first and the third are delivered with their replies, the second is not
+    assert sorted(recorded) == sorted([ids[0], ids[2]])
+    rows = [storage.get_message(engine, i) for i in ids]
+    assert [(r.status, r.reply) for r in rows if r is not None] == [
+        ("delivered", '"r0"'),
+        ("running", None),
+        ("delivered", '"r2"'),
+    ]
+    outcomes = {i: [a.outcome for a in storage.attempts_of(engine, [i])] for i in ids}
+    assert outcomes == {ids[0]: ["delivered"], ids[1]: ["lost"], ids[2]: ["delivered"]}
+
+
 def test_one_sweep_at_a_time_and_a_killed_sweeper_never_holds_the_lock(engine: Engine) -> None:
     with storage.sweep_lock(engine) as first:
         assert first
