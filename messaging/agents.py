@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Table
 
-from messaging.envelope import validate_agent_name
+from messaging.envelope import validate_agent_name, validation_problems
 from wire.errors import ConfigurationError, InvalidEnvelope, PermanentError
 
 if TYPE_CHECKING:
@@ -67,8 +67,9 @@ class AgentSpec:
         try:
             return self.payload.model_validate(payload)
         except ValidationError as exc:
+            problems = validation_problems(exc, root="payload")
             raise InvalidEnvelope(
-                f"the payload does not fit {self.payload.__name__}: {_problems('payload', exc)}"
+                f"the payload does not fit {self.payload.__name__}: {problems}"
             ) from None
 
     def reply_json(self, reply: Any) -> Any:
@@ -81,8 +82,9 @@ class AgentSpec:
             try:
                 reply = self.reply.model_validate(reply)
             except ValidationError as exc:
+                problems = validation_problems(exc, root="reply")
                 raise PermanentError(
-                    f"the reply does not fit {self.reply.__name__}: {_problems('reply', exc)}"
+                    f"the reply does not fit {self.reply.__name__}: {problems}"
                 ) from None
         if isinstance(reply, BaseModel):
             return reply.model_dump(mode="json")
@@ -228,13 +230,6 @@ def _table_of(agent_name: str, model: Any) -> Table:
             "(agentpost_*), made by its migrations: name the agent's tables otherwise"
         )
     return table
-
-
-def _problems(root: str, exc: ValidationError) -> str:
-    return "; ".join(
-        ".".join(str(part) for part in (root, *error["loc"])) + ": " + error["msg"]
-        for error in exc.errors()
-    )
 
 
 def _schema_json(model: type[BaseModel] | None) -> str | None:

@@ -38,6 +38,7 @@ __all__ = [
     "Priority",
     "parse_envelope",
     "validate_agent_name",
+    "validation_problems",
 ]
 
 JSON: TypeAlias = JsonValue
@@ -268,11 +269,14 @@ def parse_envelope(data: Any) -> Envelope:
 
 
 def _problems(exc: ValidationError) -> str:
-    problems = "; ".join(
+    return f"invalid envelope: {validation_problems(exc)}"
+
+
+def validation_problems(exc: ValidationError, *, root: str | None = None) -> str:
+    """Each field pydantic refused and why, ``root.field: message; …``."""
+    problems = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in (*((root,) if root else ()), *err["loc"]))
         # A check of the whole envelope (the payload's encoding) has no field to name.
-        ".".join(str(p) for p in err["loc"])
-        + ": " * bool(err["loc"])
-        + err["msg"].removeprefix("Value error, ")
-        for err in exc.errors()
-    )
-    return f"invalid envelope: {problems}"
+        problems.append(path + ": " * bool(path) + err["msg"].removeprefix("Value error, "))
+    return "; ".join(problems)
