@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 
 import pytest
@@ -120,7 +121,9 @@ def test_a_late_retry_never_overwrites_a_finished_task_state(backend: Backend) -
     # Celery publishes a retry before it stores RETRY: the next attempt can dead-letter
     # first, and the late RETRY must not turn a FAILURE back into "retrying" in Flower.
     app = create_app(backend.settings)
-    dead, retrying = f"{backend.name}-dead", f"{backend.name}-retrying"
+    # Ids of their own: the result backend outlives the test session on a shared Redis
+    run = uuid.uuid4().hex
+    dead, retrying = f"{run}-dead", f"{run}-retrying"
     app.backend.mark_as_failure(dead, RuntimeError("boom on attempt 3"))
     app.backend.mark_as_retry(dead, RuntimeError("boom on attempt 2"))
     assert app.AsyncResult(dead).state == "FAILURE"
