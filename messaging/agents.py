@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Table
 
+import storage
 from messaging.envelope import validate_agent_name, validation_problems
 from wire.errors import ConfigurationError, InvalidEnvelope, PermanentError
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from messaging.context import Context
     from messaging.envelope import JSON, Envelope
 
-__all__ = ["AgentSpec", "Handler", "agent", "get_agent", "registered_agents"]
+__all__ = ["AgentSpec", "Handler", "agent", "get_agent", "parse_rate", "registered_agents"]
 
 Handler = Callable[["Envelope", "Context"], Any]
 H = TypeVar("H", bound=Handler)
@@ -51,6 +52,27 @@ class AgentSpec:
     # its JSON Schema in the store) and handed over parsed; the reply must fit ``reply``.
     payload: type[BaseModel] | None = None
     reply: type[BaseModel] | None = None
+    # Deployment-wide flow control (storage/flow.py): handlers at once, deliveries a
+    # second ("100/m" parsed), and the circuit: failures in a row that open it, and
+    # how long it stays open before a probe.
+    max_concurrency: int | None = None
+    rate_limit: str | None = None
+    circuit_after: int | None = None
+    circuit_cooldown_s: float = 30.0
+
+    @property
+    def rate_per_s(self) -> float | None:
+        """The rate limit in deliveries a second (None: none)."""
+        return None if self.rate_limit is None else parse_rate(self.rate_limit)
+
+    def flow(self) -> storage.FlowLimits:
+        """The flow limits as the registry stores them."""
+        return storage.FlowLimits(
+            self.max_concurrency,
+            self.rate_per_s,
+            self.circuit_after,
+            None if self.circuit_after is None else self.circuit_cooldown_s,
+        )
 
     def schemas(self) -> tuple[str | None, str | None]:
         """The JSON Schemas of the payload and the reply, as stored (None: untyped)."""
@@ -108,6 +130,10 @@ def agent(
     max_backlog: int | None = None,
     payload: type[BaseModel] | None = None,
     reply: type[BaseModel] | None = None,
+    max_concurrency: int | None = None,
+    rate_limit: str | None = None,
+    circuit_after: int | None = None,
+    circuit_cooldown_s: float = 30.0,
 ) -> Callable[[H], H]:
     """Register ``handler(msg, ctx) -> JSON | None`` as the agent ``name``.
 
@@ -136,6 +162,17 @@ def agent(
             ``msg.payload`` as the parsed model.
         reply: a pydantic model the handler's reply must fit (the model itself or a
             dict); one that does not is a permanent failure (dead, ``rejected``).
+        max_concurrency: at most this many handlers of the agent run at once in the
+            whole deployment, whatever the number of workers; deliveries over it wait
+            (held, no attempt counted) without taking a worker's pool slot.
+        rate_limit: at most this many deliveries per second, minute or hour in the whole
+            deployment: ``"10/s"``, ``"100/m"``, ``"1000/h"`` (Celery's notation).
+        circuit_after: after this many failed attempts in a row (handler errors and
+            time-outs; not messages refused as ``rejected``/``invalid``) the agent's
+            circuit opens: its deliveries are held, no attempt spent, for
+            ``circuit_cooldown_s``; then one probe runs, and its success closes the
+            circuit (its failure opens it again). The alert hook is called on open.
+        circuit_cooldown_s: how long an open circuit holds deliveries before a probe.
 
     Raises:
         ConfigurationError: a bad name or option, or the name taken by another handler.
@@ -156,6 +193,21 @@ def agent(
         raise ConfigurationError(f"agent {name!r}: time_limit_s must be > 0, got {time_limit_s}")
     if max_backlog is not None and max_backlog < 1:
         raise ConfigurationError(f"agent {name!r}: max_backlog must be >= 1, got {max_backlog}")
+    if max_concurrency is not None and max_concurrency < 1:
+        raise ConfigurationError(
+            f"agent {name!r}: max_concurrency must be >= 1, got {max_concurrency}"
+        )
+    if rate_limit is not None:
+        try:
+            parse_rate(rate_limit)
+        except ValueError as exc:
+            raise ConfigurationError(f"agent {name!r}: {exc}") from None
+    if circuit_after is not None and circuit_after < 1:
+        raise ConfigurationError(f"agent {name!r}: circuit_after must be >= 1, got {circuit_after}")
+    if not circuit_cooldown_s > 0:
+        raise ConfigurationError(
+            f"agent {name!r}: circuit_cooldown_s must be > 0, got {circuit_cooldown_s}"
+        )
     for option, model in (("payload", payload), ("reply", reply)):
         if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise ConfigurationError(
@@ -189,6 +241,10 @@ def agent(
             max_backlog,
             payload,
             reply,
+            max_concurrency,
+            rate_limit,
+            circuit_after,
+            circuit_cooldown_s,
         )
         return handler
 
@@ -203,6 +259,27 @@ def get_agent(name: str) -> AgentSpec | None:
 def registered_agents() -> dict[str, AgentSpec]:
     """Every handler agent registered in this process, by name."""
     return dict(_registry)
+
+
+_PER = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(rate: str) -> float:
+    """``"100/m"`` as deliveries a second (Celery's ``rate_limit`` notation).
+
+    Raises:
+        ValueError: not ``N/s``, ``N/m`` or ``N/h`` with N > 0.
+    """
+    count, _, per = str(rate).partition("/")
+    try:
+        number = float(count)
+    except ValueError:
+        number = 0.0
+    if per not in _PER or not number > 0:
+        raise ValueError(
+            f'rate_limit {rate!r} is not a rate: write N/s, N/m or N/h with N > 0 ("100/m")'
+        )
+    return number / _PER[per]
 
 
 def _errors(agent_name: str, option: str, classes: Any) -> tuple[type[BaseException], ...]:

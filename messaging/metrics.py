@@ -63,7 +63,8 @@ class StoreCollector(Collector):
         client = self._client
         with store_errors(client.settings.database):
             totals = storage.agent_totals(client.engine, LATENCY_BOUNDS_S)
-        handlers = [a.name for a in client.agents() if a.kind == "handler"]
+        registered = client.agents()
+        handlers = [a.name for a in registered if a.kind == "handler"]
         with broker_errors(client.settings.broker):
             depths = inbox_depths(client.app, handlers) if handlers else {}
 
@@ -107,6 +108,16 @@ class StoreCollector(Collector):
             if waiting is not None:
                 depth.add_metric([agent], waiting)
         yield depth
+
+        circuit = GaugeMetricFamily(
+            "agentpost_circuit_open",
+            "1 while an agent's circuit is open or half-open (its deliveries held), else 0.",
+            labels=["agent"],
+        )
+        for info in registered:
+            if info.circuit_after is not None:
+                circuit.add_metric([info.name], 0 if info.circuit == "closed" else 1)
+        yield circuit
 
 
 def metrics_app(client: Client, *, token: str, min_interval_s: float = 5.0) -> Callable[..., Any]:

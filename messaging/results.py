@@ -127,6 +127,15 @@ class AgentInfo(BaseModel):
     payload_schema: dict[str, Any] | None = None
     reply_schema: dict[str, Any] | None = None
     schema_version: int | None = None
+    # Deployment-wide flow control, as declared, and the circuit's state now.
+    max_concurrency: int | None = None
+    rate_per_s: float | None = None
+    circuit_after: int | None = None
+    circuit_cooldown_s: float | None = None
+    circuit: Literal["closed", "open", "half-open"] = "closed"
+    circuit_failures: int = 0
+    circuit_until: datetime | None = None
+    circuit_error: str | None = None
 
     @classmethod
     def from_row(cls, row: storage.Agent) -> AgentInfo:
@@ -140,6 +149,14 @@ class AgentInfo(BaseModel):
             payload_schema=json.loads(row.payload_schema) if row.payload_schema else None,
             reply_schema=json.loads(row.reply_schema) if row.reply_schema else None,
             schema_version=row.schema_version,
+            max_concurrency=row.max_concurrency,
+            rate_per_s=row.rate_per_s,
+            circuit_after=row.circuit_after,
+            circuit_cooldown_s=row.circuit_cooldown_s,
+            circuit=row.circuit_state or "closed",
+            circuit_failures=row.circuit_failures or 0,
+            circuit_until=_dt(row.circuit_until),
+            circuit_error=row.circuit_error,
         )
 
     def contract(self) -> str:
@@ -153,7 +170,22 @@ class AgentInfo(BaseModel):
             parts[-1] += f" (v{self.schema_version})"
         if self.max_backlog is not None:
             parts.append(f"max_backlog {self.max_backlog}")
+        if self.max_concurrency is not None:
+            parts.append(f"max_concurrency {self.max_concurrency}")
+        if self.rate_per_s is not None:
+            parts.append(f"rate_limit {_rate(self.rate_per_s)}")
+        if self.circuit_after is not None:
+            state = self.circuit.upper() if self.circuit != "closed" else "closed"
+            parts.append(f"circuit {state} (opens after {self.circuit_after} failures)")
         return " · ".join(parts)
+
+
+def _rate(per_s: float) -> str:
+    """A rate in the unit that shows it as a whole number where one does."""
+    for unit, seconds in (("s", 1), ("m", 60), ("h", 3600)):
+        if per_s * seconds >= 1 and float(per_s * seconds).is_integer():
+            return f"{per_s * seconds:g}/{unit}"
+    return f"{per_s * 3600:.4g}/h"
 
 
 class Reply(BaseModel):

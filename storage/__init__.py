@@ -12,6 +12,21 @@ from storage.completion import Delivered, complete, complete_many, mark_dead, sc
 from storage.credentials import add_key, find_key, list_keys, revoke_keys, subject_revoked_at
 from storage.engine import dispose_engines, engine_for
 from storage.epochs import broker_epoch, swap_broker_epoch
+from storage.flow import (
+    SLOT_EARLY_S,
+    Busy,
+    Circuit,
+    FlowLimits,
+    circuit_failed,
+    circuit_of,
+    circuit_ok,
+    hold,
+    release_probe,
+    take_limited,
+    take_probe,
+    take_slot,
+    use_slot,
+)
 from storage.journal import begin_sweep, end_sweep
 from storage.locks import sweep_lock
 from storage.migrate import SchemaBehind, current_revision, has_store, head_revision, upgrade
@@ -68,14 +83,18 @@ from storage.tables import (
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "SLOT_EARLY_S",
     "Agent",
     "AgentTotals",
     "ApiKey",
     "Attempt",
     "AuditEntry",
     "BrokerEpoch",
+    "Busy",
+    "Circuit",
     "Claim",
     "Delivered",
+    "FlowLimits",
     "Inserted",
     "Message",
     "NewMessage",
@@ -94,6 +113,9 @@ __all__ = [
     "begin_sweep",
     "broker_epoch",
     "chain_starter",
+    "circuit_failed",
+    "circuit_of",
+    "circuit_ok",
     "claim",
     "claim_next",
     "complete",
@@ -113,6 +135,7 @@ __all__ = [
     "get_message",
     "has_store",
     "head_revision",
+    "hold",
     "ids_starting",
     "insert_messages",
     "list_agents",
@@ -128,6 +151,7 @@ __all__ = [
     "redrive",
     "register_agents",
     "register_mailbox",
+    "release_probe",
     "reply_state",
     "republish_lost",
     "revoke_keys",
@@ -139,6 +163,9 @@ __all__ = [
     "swap_broker_epoch",
     "sweep_lock",
     "take",
+    "take_limited",
+    "take_probe",
+    "take_slot",
     "take_token",
     "trace",
     "unhand",
@@ -146,5 +173,6 @@ __all__ = [
     "unspare",
     "unsubscribe",
     "upgrade",
+    "use_slot",
     "watch_finished",
 ]

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from storage import postgres
 from storage.sql import ATTEMPTS, CLAIMABLE, MESSAGES, claimable
 
-__all__ = ["Claim", "Taken", "claim", "claim_next", "take"]
+__all__ = ["Claim", "Taken", "claim", "claim_next", "claim_next_on", "claim_row_on", "take"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +78,20 @@ def _claim_row(
         return postgres.claim(
             engine, message_id, receiver=receiver, worker=worker, now=now, lease_s=lease_s
         )
+    with engine.begin() as conn:
+        return claim_row_on(conn, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
+
+
+def claim_row_on(
+    conn: Connection,
+    message_id: str,
+    receiver: str | None,
+    *,
+    worker: str,
+    now: float,
+    lease_s: float,
+) -> Any:
+    """The claim as a portable statement on ``conn`` (inside the caller's transaction)."""
     where = [
         MESSAGES.c.id == message_id,
         or_(
@@ -99,10 +113,9 @@ def _claim_row(
             MESSAGES.c.expires_at,
         )
     )
-    with engine.begin() as conn:
-        row = conn.execute(stmt).one_or_none()
-        if row is not None and row.recovered_from is not None:
-            _record_lost(conn, message_id, row, now)
+    row = conn.execute(stmt).one_or_none()
+    if row is not None and row.recovered_from is not None:
+        _record_lost(conn, message_id, row, now)
     return row
 
 
@@ -146,13 +159,21 @@ def claim_next(
     two receivers never take the same row; on PostgreSQL ``SKIP LOCKED`` lets
     them take different rows at once instead of queueing behind one another.
     """
+    with engine.begin() as conn:
+        return claim_next_on(conn, receiver, worker=worker, now=now, lease_s=lease_s)
+
+
+def claim_next_on(
+    conn: Connection, receiver: str, *, worker: str, now: float, lease_s: float
+) -> Taken | None:
+    """``claim_next`` on ``conn``, inside the caller's transaction."""
     candidate = (
         select(MESSAGES.c.id)
         .where(MESSAGES.c.receiver == receiver, claimable(now))
         .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
         .limit(1)
     )
-    if engine.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":
         candidate = candidate.with_for_update(skip_locked=True)
     stmt = (
         update(MESSAGES)
@@ -167,11 +188,10 @@ def claim_next(
             MESSAGES.c.expires_at,
         )
     )
-    with engine.begin() as conn:
-        row = conn.execute(stmt).one_or_none()
-        if row is None:
-            return None
-        if row.recovered_from is not None:
-            _record_lost(conn, row.id, row, now)
+    row = conn.execute(stmt).one_or_none()
+    if row is None:
+        return None
+    if row.recovered_from is not None:
+        _record_lost(conn, row.id, row, now)
     claim_ = Claim(row.attempts, row.redrives, row.recovered_from)
     return Taken(row.id, claim_, row.envelope, row.expires_at)

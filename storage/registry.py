@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict
 
 from sqlalchemy import Engine, case, func, or_, select
 
+from storage.flow import FlowLimits
 from storage.sql import (
     ACTIVE_STATUSES,
     AGENTS,
@@ -35,12 +37,15 @@ def register_agents(
     now: float,
     max_backlog: Mapping[str, int | None] | None = None,
     schemas: Mapping[str, tuple[str | None, str | None]] | None = None,
+    flow: Mapping[str, FlowLimits] | None = None,
 ) -> None:
     """Upsert (name, queue) pairs into the registry, refreshing ``last_seen_at``, with
-    each agent's ``max_backlog`` and its (payload, reply) JSON Schemas: the last worker
-    to start decides them, and a change of schema counts a new ``schema_version``."""
+    each agent's ``max_backlog``, its (payload, reply) JSON Schemas and its flow limits:
+    the last worker to start decides them, and a change of schema counts a new
+    ``schema_version``. The circuit's and the rate's state are kept."""
     limits = max_backlog or {}
     declared_schemas = schemas or {}
+    declared_flow = flow or {}
     with engine.begin() as conn:
         insert = dialect_insert(conn)
         for name, queue in agents:
@@ -51,6 +56,7 @@ def register_agents(
                 "max_backlog": limits.get(name),
                 "payload_schema": payload,
                 "reply_schema": reply,
+                **asdict(declared_flow.get(name, FlowLimits())),
             }
             first = None if payload is None and reply is None else 1
             stmt = insert(AGENTS).values(

@@ -65,6 +65,9 @@ class Message(SQLModel, table=True):
     # may send per handing (None: not yet). Together they bound the copies to two.
     handed_at: float | None = None
     spare_at: float | None = None
+    # A rate-limited agent's slot this message holds (it waited for it): the delivery at
+    # or after it runs without taking another.
+    slot_at: float | None = None
 
 
 class Attempt(SQLModel, table=True):
@@ -106,6 +109,20 @@ class Agent(SQLModel, table=True):
     payload_schema: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     reply_schema: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     schema_version: int | None = None
+    # Deployment-wide limits (storage/flow.py): handlers running at once, deliveries a
+    # second (with the next free slot, GCRA's "theoretical arrival time"), and the
+    # circuit: consecutive failures that open it and how long it stays open.
+    max_concurrency: int | None = None
+    rate_per_s: float | None = None
+    rate_tat: float | None = None
+    circuit_after: int | None = None
+    circuit_cooldown_s: float | None = None
+    # None (closed) | open | half-open; failures in a row; until when it is open (or
+    # the probe's lease, half-open); the failure that opened it.
+    circuit_state: str | None = Field(default=None, max_length=16)
+    circuit_failures: int | None = None
+    circuit_until: float | None = None
+    circuit_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class Subscription(SQLModel, table=True):

@@ -201,6 +201,29 @@ def gate(msg: Envelope, ctx: Context) -> str:
     return "passed"
 
 
+@agent("limited", max_concurrency=2)
+def limited(msg: Envelope, ctx: Context) -> None:
+    """Two at once in the whole deployment; sleeps ``{"sleep_s": S}`` between its stamps."""
+    _record(msg, ctx, "start")
+    time.sleep(float(_payload(msg).get("sleep_s", 0.3)))
+    _record(msg, ctx, "end")
+
+
+@agent("metered", rate_limit="10/s")
+def metered(msg: Envelope, ctx: Context) -> None:
+    _record(msg, ctx, "run")
+
+
+@agent("breaker", max_retries=20, backoff_s=0.05, circuit_after=3, circuit_cooldown_s=3)
+def breaker(msg: Envelope, ctx: Context) -> str:
+    """Fails while the spool holds ``breaker-broken``."""
+    broken = (_spool() / "breaker-broken").exists()
+    _record(msg, ctx, "failed" if broken else "ok")
+    if broken:
+        raise ConnectionError("upstream down")
+    return "ok"
+
+
 @agent("slow")
 def slow(msg: Envelope, ctx: Context) -> dict[str, int]:
     _record(msg, ctx, "start")

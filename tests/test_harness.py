@@ -82,13 +82,43 @@ async def asynchronous(msg: Envelope, ctx: Context) -> Any:
     return {"awaited": msg.payload}
 
 
-AGENTS = ("h.echo", "h.flaky", "h.doomed", "h.rejecter", "h.ledger", "h.parent", "h.async")
+OUTAGE: list[int] = []  # h.breaker's upstream fails this many more calls
+STAMPS: list[float] = []  # when h.metered ran
+
+
+@agent("h.breaker", max_retries=10, circuit_after=3, circuit_cooldown_s=0.4)
+def breaker(msg: Envelope, ctx: Context) -> None:
+    _ran(msg, ctx)
+    if OUTAGE and OUTAGE[0] > 0:
+        OUTAGE[0] -= 1
+        raise ConnectionError("upstream down")
+
+
+@agent("h.metered", rate_limit="20/s")
+def metered(msg: Envelope, ctx: Context) -> None:
+    _ran(msg, ctx)
+    STAMPS.append(time.monotonic())
+
+
+AGENTS = (
+    "h.echo",
+    "h.flaky",
+    "h.doomed",
+    "h.rejecter",
+    "h.ledger",
+    "h.parent",
+    "h.async",
+    "h.breaker",
+    "h.metered",
+)
 
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
     RUNS.clear()
     FAIL_UNTIL.clear()
+    OUTAGE.clear()
+    STAMPS.clear()
     settings = Settings(
         home=tmp_path,
         backoff_s=0.01,
@@ -151,6 +181,33 @@ def test_retries_with_backoff_then_success(harness: Harness) -> None:
     state = harness.client.status(sent.message_id)
     assert [a.outcome for a in state.attempt_log] == ["retry", "retry", "delivered"]
     assert state.attempt_log[0].error == "ConnectionError: upstream down on attempt 1"
+
+
+def test_an_open_circuit_holds_deliveries_without_spending_attempts(harness: Harness) -> None:
+    # Given an agent whose upstream fails three calls, and three messages for it
+    OUTAGE.append(3)
+    ids = [harness.client.send("h.breaker", {"n": n}, sender="t").message_id for n in range(3)]
+    outcomes = harness.run()
+    # Then three failures opened it, the retries were held (no attempt spent), one probe
+    # ran after the cool-down and closed it, and the others followed
+    assert len(RUNS) == 6
+    assert {o.error for o in outcomes if o.reason == "held"} == {"held: circuit open"}
+    logs = [harness.client.status(message_id).attempt_log for message_id in ids]
+    assert sorted(a.outcome for log in logs for a in log) == ["delivered"] * 3 + ["retry"] * 3
+    assert all(log[-1].outcome == "delivered" for log in logs)
+    info = {a.name: a for a in harness.client.agents()}["h.breaker"]
+    assert (info.circuit, info.circuit_failures) == ("closed", 0)
+    assert info.circuit_error == "ConnectionError: upstream down"
+
+
+def test_a_rate_limited_agent_runs_its_messages_one_slot_apart(harness: Harness) -> None:
+    ids = [harness.client.send("h.metered", {"n": n}, sender="t").message_id for n in range(5)]
+    outcomes = harness.run()
+    # Each message waited for a slot of its own (20/s: 50 ms apart; a handler starts a
+    # claim's time after its slot) and spent one attempt
+    assert len(STAMPS) == 5 and STAMPS[-1] - STAMPS[0] >= 4 * 0.05 - 0.03, STAMPS
+    assert {o.error for o in outcomes if o.reason == "held"} == {"held: rate limit 20/s"}
+    assert [harness.client.status(i).attempts for i in ids] == [1] * 5
 
 
 def test_exhausted_retries_dead_letter_with_every_error(harness: Harness) -> None:

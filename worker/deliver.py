@@ -46,7 +46,7 @@ from wire.app import SOFT_TIME_LIMIT_SHARE
 from wire.brokers import profile_for
 from wire.encoding import dump_json
 from wire.errors import InvalidEnvelope, PermanentError, Retry
-from worker import completions, logs
+from worker import completions, flow, logs
 from worker.eventloop import HandlerTimedOut, run_coroutine
 
 __all__ = ["DeliveryOutcome", "deliver_envelope", "run_delivery", "worker_identity"]
@@ -125,19 +125,19 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
     if body is not None and body.delivery == "best-effort":
         return _best_effort(core, spec, body, worker)  # no row: the body is all there is
     by_id = profile_for(settings.broker).has_priorities
-    if by_id:
-        taken = storage.take(
-            core.engine, message_id, receiver, worker=worker, now=now, lease_s=settings.lease_s
-        )
-    else:
-        # The broker cannot order by priority (filesystem): this task is a token for
-        # the receiver's most urgent due message, which the store picks.
-        taken = storage.claim_next(
-            core.engine, receiver, worker=worker, now=now, lease_s=settings.lease_s
-        )
+    # On a broker without priorities (filesystem) the task is a token for the
+    # receiver's most urgent due message, which the store picks.
+    chosen = message_id if by_id else None
+    admission = flow.admit(core, spec, chosen, now)
+    if admission.hold_s > 0:
+        return _hold(core, spec, chosen, admission, now)
+    taken = _take(core, spec, chosen, worker, now)
+    if isinstance(taken, storage.Busy):
+        return _hold(core, spec, chosen, flow.busy(admission, taken.running), now)
     if taken is None:
         # Delivered, dead, running under a live lease, or not this receiver's: this task
         # is a duplicate (or names a message it has no claim on).
+        flow.release(core, spec, admission, now)
         return DeliveryOutcome("skipped", message_id)
     stored = json.loads(taken.envelope)
     if by_id and stored != raw:
@@ -148,6 +148,7 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
             body_error or "other field values",
         )
     attempt = Attempt(core, taken.message_id, stored, taken.claim, worker, now)
+    gated = _Gated(spec, admission)
     message_id = attempt.message_id
     if body is not None and stored == raw:
         envelope = body  # the task carried the stored message: parsed once already
@@ -155,10 +156,10 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
         try:
             envelope = parse_envelope(stored)
         except InvalidEnvelope as exc:
-            return _dead(attempt, reason="invalid", error=str(exc))
+            return _dead(attempt, reason="invalid", error=str(exc), gated=gated)
     if expired(expires := _expires(envelope), now):
         error = expiry_error(expires, taker="a handler")
-        return _dead(attempt, reason="expired", error=error)
+        return _dead(attempt, reason="expired", error=error, gated=gated)
 
     policy = RetryPolicy.of(
         settings,
@@ -172,7 +173,7 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
     if policy.is_past_last(attempt.number):
         # Earlier attempts died with their workers and used up the retries.
         error = f"attempts exhausted ({attempt.number - 1}) by lost workers"
-        return _dead(attempt, reason="exhausted", error=error)
+        return _dead(attempt, reason="exhausted", error=error, gated=gated)
 
     # On the filesystem broker the store may have picked another message than the task's.
     logs.note(
@@ -184,7 +185,7 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
     try:
         payload = spec.parse_payload(envelope.payload)
     except InvalidEnvelope as exc:  # sent before the agent was typed, or by a forged task
-        return _dead(attempt, reason="invalid", error=str(exc))
+        return _dead(attempt, reason="invalid", error=str(exc), gated=gated)
     delivered = envelope.model_copy(update={"attempt": attempt.number, "payload": payload})
     # exactly-once: the handler's ctx.session writes and the completion share one
     # transaction, so a crash in between loses both and the redelivery redoes both.
@@ -198,11 +199,63 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
         except Exception as exc:
             if session is not None:
                 session.rollback()
-            return _failed(attempt, policy, exc)
-        return _complete(attempt, policy, session, reply_json)
+            return _failed(attempt, policy, exc, gated)
+        return _complete(attempt, policy, session, reply_json, gated)
     finally:
         if session is not None:
             session.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Gated:
+    """The agent of a claimed delivery and what its gate decided."""
+
+    spec: AgentSpec
+    admission: flow.Admission
+
+    def release(self, attempt: Attempt) -> None:
+        """The attempt ended neither ok nor failed (postponed, refused): a probe goes back."""
+        flow.release(attempt.core, self.spec, self.admission, time.time())
+
+
+def _take(
+    core: Sender, spec: AgentSpec, message_id: str | None, worker: str, now: float
+) -> storage.Taken | storage.Busy | None:
+    """The claim: by id, or the receiver's next due message; within its concurrency limit."""
+    engine, lease_s, receiver = core.engine, core.settings.lease_s, spec.name
+    if spec.max_concurrency is not None:
+        return storage.take_limited(
+            engine,
+            message_id,
+            receiver,
+            limit=spec.max_concurrency,
+            worker=worker,
+            now=now,
+            lease_s=lease_s,
+        )
+    if message_id is None:
+        return storage.claim_next(engine, receiver, worker=worker, now=now, lease_s=lease_s)
+    return storage.take(engine, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
+
+
+def _hold(
+    core: Sender, spec: AgentSpec, message_id: str | None, admission: flow.Admission, now: float
+) -> DeliveryOutcome:
+    """Hold the delivery (its task comes back after ``admission.hold_s``), or, if its
+    message is no longer waiting, drop this task as a duplicate."""
+    flow.release(core, spec, admission, now)
+    until = now + admission.hold_s
+    if not storage.hold(
+        core.engine, message_id, spec.name, until=until, now=now, slot=admission.slot
+    ):
+        return DeliveryOutcome("skipped", message_id)
+    return DeliveryOutcome(
+        "retry",
+        message_id,
+        countdown_s=admission.hold_s,
+        reason="held",
+        error=f"held: {admission.reason}",
+    )
 
 
 def _named(raw: Any) -> tuple[str, str] | None:
@@ -233,8 +286,13 @@ def _expires(envelope: Envelope) -> float | None:
 
 
 def _complete(
-    attempt: Attempt, policy: RetryPolicy, session: Session | None, reply_json: str | None
+    attempt: Attempt,
+    policy: RetryPolicy,
+    session: Session | None,
+    reply_json: str | None,
+    gated: _Gated,
 ) -> DeliveryOutcome:
+    flow.succeeded(attempt.core, gated.spec, gated.admission)
     if session is None:
         # At-least-once: recorded in the background, the task returns now
         # (worker/completions.py says why a completion that never lands is safe).
@@ -259,13 +317,16 @@ def _complete(
         # constraint, a serialization failure): recorded as this attempt's failure,
         # not left running until its lease expires.
         session.rollback()
-        return _failed(attempt, policy, exc)
+        return _failed(attempt, policy, exc, gated)
     return DeliveryOutcome("delivered", attempt.message_id, attempt.number)
 
 
-def _failed(attempt: Attempt, policy: RetryPolicy, exc: Exception) -> DeliveryOutcome:
+def _failed(
+    attempt: Attempt, policy: RetryPolicy, exc: Exception, gated: _Gated
+) -> DeliveryOutcome:
     """A handler error: dead at once if it can never succeed, else the policy decides."""
     if isinstance(exc, Retry):
+        gated.release(attempt)
         error = f"postponed: {exc}"
         attempt.postpone(exc.after_s, error=error)
         return DeliveryOutcome(
@@ -286,7 +347,9 @@ def _failed(attempt: Attempt, policy: RetryPolicy, exc: Exception) -> DeliveryOu
             f"{SOFT_TIME_LIMIT_SHARE:.0%} of AGENTPOST_LEASE_S)"
         )
     if policy.gives_up_on(exc):
-        return _dead(attempt, reason="rejected", error=error, tb=tb)
+        # The message's fault, not the agent's: the circuit does not count it.
+        return _dead(attempt, reason="rejected", error=error, tb=tb, gated=gated)
+    flow.failed(attempt.core, gated.spec, error, time.time())
     failure = attempt.failed(policy, error=error, traceback=tb)
     if failure.dead:
         return DeliveryOutcome(
@@ -297,7 +360,17 @@ def _failed(attempt: Attempt, policy: RetryPolicy, exc: Exception) -> DeliveryOu
     )
 
 
-def _dead(attempt: Attempt, *, reason: str, error: str, tb: str | None = None) -> DeliveryOutcome:
+def _dead(
+    attempt: Attempt,
+    *,
+    reason: str,
+    error: str,
+    tb: str | None = None,
+    gated: _Gated | None = None,
+) -> DeliveryOutcome:
+    """Dead for a cause that is the message's, not its agent's (a probe goes back)."""
+    if gated is not None:
+        gated.release(attempt)
     attempt.dead(reason=reason, error=error, traceback=tb)
     return DeliveryOutcome("dead", attempt.message_id, attempt.number, reason=reason, error=error)
 
@@ -364,6 +437,8 @@ def _log_outcome(outcome: DeliveryOutcome, took_s: float) -> None:
     ms = took_s * 1000
     if outcome.kind == "delivered":
         log.info("delivered %s (attempt %d) in %.1f ms", outcome.message_id, outcome.attempt, ms)
+    elif outcome.kind == "retry" and outcome.reason == "held":
+        log.info("%s for %.2f s: %s", outcome.error, outcome.countdown_s, outcome.message_id)
     elif outcome.kind == "retry" and outcome.reason == "postponed":
         log.info(
             "postponed %s for %.2f s (%s)", outcome.message_id, outcome.countdown_s, outcome.error

@@ -40,8 +40,15 @@ def register_served_agents(app: AgentpostCelery, queues: set[str]) -> list[str]:
         log.info("created the agents' own tables: %s", ", ".join(made))
     limits = {name: specs[name].max_backlog for name, _ in served}
     schemas = {name: specs[name].schemas() for name, _ in served}
+    flow = {name: specs[name].flow() for name, _ in served}
     storage.register_agents(
-        engine, served, kind="handler", now=time.time(), max_backlog=limits, schemas=schemas
+        engine,
+        served,
+        kind="handler",
+        now=time.time(),
+        max_backlog=limits,
+        schemas=schemas,
+        flow=flow,
     )
     return [name for name, _ in served]
 
