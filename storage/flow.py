@@ -220,13 +220,13 @@ def release_probe(engine: Engine, agent: str, *, now: float) -> None:
 
 def circuit_failed(
     engine: Engine, agent: str, *, after: int, cooldown_s: float, now: float, error: str
-) -> bool:
-    """Count a failed attempt; True if it opened the circuit (the threshold reached, or
-    the probe failed)."""
+) -> int | None:
+    """Count a failed attempt; the failures in a row if it opened the circuit (the
+    threshold reached, or the probe failed), else None."""
     with engine.begin() as conn:
         row = _locked(conn, agent)
         if row is None:
-            return False
+            return None
         failures = (row.circuit_failures or 0) + 1
         opens = row.circuit_state == "half-open" or (
             row.circuit_state is None and failures >= after
@@ -239,7 +239,7 @@ def circuit_failed(
                 "circuit_error": error,
             }
         conn.execute(update(AGENTS).where(AGENTS.c.name == agent).values(values))
-    return opens
+    return failures if opens else None
 
 
 def circuit_ok(engine: Engine, agent: str) -> bool:

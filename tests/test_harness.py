@@ -191,7 +191,7 @@ def test_an_open_circuit_holds_deliveries_without_spending_attempts(harness: Har
     # Then three failures opened it, the retries were held (no attempt spent), one probe
     # ran after the cool-down and closed it, and the others followed
     assert len(RUNS) == 6
-    assert {o.error for o in outcomes if o.reason == "held"} == {"held: circuit open"}
+    assert {o.error for o in outcomes if o.reason == "held"} == {"held (circuit open)"}
     logs = [harness.client.status(message_id).attempt_log for message_id in ids]
     assert sorted(a.outcome for log in logs for a in log) == ["delivered"] * 3 + ["retry"] * 3
     assert all(log[-1].outcome == "delivered" for log in logs)
@@ -206,7 +206,7 @@ def test_a_rate_limited_agent_runs_its_messages_one_slot_apart(harness: Harness)
     # Each message waited for a slot of its own (20/s: 50 ms apart; a handler starts a
     # claim's time after its slot) and spent one attempt
     assert len(STAMPS) == 5 and STAMPS[-1] - STAMPS[0] >= 4 * 0.05 - 0.03, STAMPS
-    assert {o.error for o in outcomes if o.reason == "held"} == {"held: rate limit 20/s"}
+    assert {o.error for o in outcomes if o.reason == "held"} == {"held (rate limit 20/s)"}
     assert [harness.client.status(i).attempts for i in ids] == [1] * 5
 
 

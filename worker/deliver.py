@@ -130,10 +130,11 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
     chosen = message_id if by_id else None
     admission = flow.admit(core, spec, chosen, now)
     if admission.hold_s > 0:
-        return _hold(core, spec, chosen, admission, now)
+        return _hold(core, spec, chosen, admission, now, task_of=message_id)
     taken = _take(core, spec, chosen, worker, now)
     if isinstance(taken, storage.Busy):
-        return _hold(core, spec, chosen, flow.busy(admission, taken.running), now)
+        held = flow.busy(admission, taken.running)
+        return _hold(core, spec, chosen, held, now, task_of=message_id)
     if taken is None:
         # Delivered, dead, running under a live lease, or not this receiver's: this task
         # is a duplicate (or names a message it has no claim on).
@@ -239,22 +240,30 @@ def _take(
 
 
 def _hold(
-    core: Sender, spec: AgentSpec, message_id: str | None, admission: flow.Admission, now: float
+    core: Sender,
+    spec: AgentSpec,
+    message_id: str | None,
+    admission: flow.Admission,
+    now: float,
+    *,
+    task_of: str,
 ) -> DeliveryOutcome:
     """Hold the delivery (its task comes back after ``admission.hold_s``), or, if its
-    message is no longer waiting, drop this task as a duplicate."""
+    message is no longer waiting, drop this task as a duplicate. ``message_id`` None
+    holds the receiver's next due message (a token's, on the filesystem broker);
+    ``task_of`` is the message the task names."""
     flow.release(core, spec, admission, now)
     until = now + admission.hold_s
     if not storage.hold(
         core.engine, message_id, spec.name, until=until, now=now, slot=admission.slot
     ):
-        return DeliveryOutcome("skipped", message_id)
+        return DeliveryOutcome("skipped", task_of)
     return DeliveryOutcome(
         "retry",
-        message_id,
+        task_of,
         countdown_s=admission.hold_s,
         reason="held",
-        error=f"held: {admission.reason}",
+        error=f"held ({admission.reason})",
     )
 
 
@@ -438,7 +447,7 @@ def _log_outcome(outcome: DeliveryOutcome, took_s: float) -> None:
     if outcome.kind == "delivered":
         log.info("delivered %s (attempt %d) in %.1f ms", outcome.message_id, outcome.attempt, ms)
     elif outcome.kind == "retry" and outcome.reason == "held":
-        log.info("%s for %.2f s: %s", outcome.error, outcome.countdown_s, outcome.message_id)
+        log.info("%s %s for %.2f s", outcome.error, outcome.message_id, outcome.countdown_s)
     elif outcome.kind == "retry" and outcome.reason == "postponed":
         log.info(
             "postponed %s for %.2f s (%s)", outcome.message_id, outcome.countdown_s, outcome.error

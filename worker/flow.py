@@ -101,16 +101,19 @@ def failed(core: Sender, spec: AgentSpec, error: str, now: float) -> None:
     if after is None:
         return
     cooldown_s = spec.circuit_cooldown_s
-    if not storage.circuit_failed(
+    failures = storage.circuit_failed(
         core.engine, spec.name, after=after, cooldown_s=cooldown_s, now=now, error=error
-    ):
+    )
+    if failures is None:
         return
     log.error(
-        "circuit of %s open for %g s after %d failure(s) in a row: %s",
+        "circuit of %s open for %g s after %d failures in a row: %s",
         spec.name,
         cooldown_s,
-        after,
+        failures,
         error,
     )
-    letter = letter_of({"receiver": spec.name}, reason="circuit-open", error=error, attempts=after)
+    letter = letter_of(
+        {"receiver": spec.name}, reason="circuit-open", error=error, attempts=failures
+    )
     alert(core.settings, letter)

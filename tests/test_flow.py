@@ -1,0 +1,104 @@
+"""Flow control declared by an agent, enforced by every worker of the deployment at once:
+``max_concurrency``, ``rate_limit`` and the circuit breaker, on real worker processes."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+
+import pytest
+
+from messaging import AgentInfo
+from tests.conftest import Backend, Worker, agentpost_cli, wait_final, wait_for
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.parametrize("backend", ["embedded", "redis"], indirect=True),
+]
+
+
+def _agent(backend: Backend, name: str) -> AgentInfo:
+    return {a.name: a for a in backend.client().agents()}[name]
+
+
+def test_max_concurrency_holds_across_worker_processes_while_other_agents_flow(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given an agent declaring max_concurrency=2, served with echo by two worker
+    # processes of four pool slots each
+    for _ in range(2):
+        start_worker("--agents", "limited,echo", "--concurrency", "4")
+    client = backend.client()
+    # When ten slow messages for it and twenty for echo are sent at once
+    limited = [
+        client.send("limited", {"sleep_s": 0.4}, sender="tester").message_id for _ in range(10)
+    ]
+    echoed = [client.send("echo", {"n": n}, sender="tester").message_id for n in range(20)]
+    states = [wait_final(client, m, timeout_s=90) for m in limited + echoed]
+    # Then every one is delivered, the held ones without spending an attempt
+    assert {(s.status, s.attempts) for s in states} == {("delivered", 1)}
+    # And never more than two of its handlers ran at once (their own stamps say so),
+    # though two did, on more than one worker process
+    starts, ends = backend.runs("limited", "start"), backend.runs("limited", "end")
+    events = sorted([(r["at"], 1) for r in starts] + [(r["at"], -1) for r in ends])
+    running = list(itertools.accumulate(step for _, step in events))
+    assert max(running) == 2, events
+    assert len({r["pid"] for r in starts}) >= 2
+    # And echo's messages did not wait behind the held ones
+    last_echo = max(r["at"] for r in backend.runs("echo"))
+    assert last_echo < max(r["at"] for r in ends) - 0.8
+
+
+def test_a_rate_limit_holds_across_worker_processes(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given an agent declaring rate_limit="10/s", served by two worker processes
+    for _ in range(2):
+        start_worker("--agents", "metered", "--concurrency", "2")
+    client = backend.client()
+    # When 31 messages are sent at once
+    sent = [client.send("metered", {"n": n}, sender="tester").message_id for n in range(31)]
+    states = [wait_final(client, m, timeout_s=60) for m in sent]
+    assert {(s.status, s.attempts) for s in states} == {("delivered", 1)}
+    # Then they ran at 10 a second, within 10 %, the two processes together
+    runs = sorted(r["at"] for r in backend.runs("metered"))
+    rate = (len(runs) - 1) / (runs[-1] - runs[0])
+    assert 9.0 <= rate <= 11.0, rate
+    assert len({r["pid"] for r in backend.runs("metered")}) >= 2
+
+
+def test_a_circuit_opens_after_k_failures_holds_without_attempts_then_probes_and_closes(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given an agent whose circuit opens after 3 failures in a row (6 s cool-down),
+    # whose upstream is down
+    (backend.spool / "breaker-broken").touch()
+    backend.env["AGENTPOST_ALERT_HOOK"] = "tests.agents:alert"
+    start_worker("--agents", "breaker", "--concurrency", "1")
+    client = backend.client()
+    # When five messages are sent
+    sent = [client.send("breaker", {"n": n}, sender="tester").message_id for n in range(5)]
+    # Then three attempts fail and the circuit opens, which the alert hook hears
+    wait_for(lambda: _agent(backend, "breaker").circuit == "open", 20, "the circuit to open")
+    alerts = wait_for(lambda: backend.runs("alerts"), 10, "the alert hook")
+    assert alerts == [{"id": None, "reason": "circuit-open"}]
+    info = _agent(backend, "breaker")
+    assert info.circuit_error == "ConnectionError: upstream down"
+    assert "circuit OPEN (opens after 3 failures)" in info.contract()
+    listed = agentpost_cli(backend, "agents")
+    assert listed.returncode == 0 and "circuit OPEN" in listed.stdout, listed.stdout
+    # And while it is open, the messages are held: no attempt is spent
+    time.sleep(1.0)
+    assert len(backend.runs("breaker")) == 3
+    assert sum(client.status(m).attempts for m in sent) == 3
+    # When the upstream is back, one probe runs after the cool-down, closes the
+    # circuit, and the rest follow
+    (backend.spool / "breaker-broken").unlink()
+    states = [wait_final(client, m, timeout_s=60) for m in sent]
+    assert {s.status for s in states} == {"delivered"}
+    events = [r["event"] for r in backend.runs("breaker")]
+    assert events == ["failed"] * 3 + ["ok"] * 5, events
+    assert sum(s.attempts for s in states) == 8
+    after = _agent(backend, "breaker")
+    assert (after.circuit, after.circuit_failures) == ("closed", 0)
