@@ -1,6 +1,8 @@
 """The agents the benchmarks deliver to.
 
-* ``noop`` (``bench/throughput.py``): a handler that does nothing.
+* ``noop`` (``bench/throughput.py``): a handler that does nothing; ``noop_limited``,
+  ``noop_metered`` and ``noop_circuit`` (``bench/flow.py``): the same under flow limits
+  it never reaches, to price their checks.
 * ``echo`` (``bench/latency.py``): replies with the request's payload.
 * ``effect`` (``bench/faults.py``): records one effect row per run.
 * ``wait`` and ``await`` (``bench/io_bound.py``): an I/O-bound agent, 200 ms of waiting
@@ -24,7 +26,16 @@ from messaging.context import Context
 from messaging.envelope import Envelope
 from wire.settings import Settings
 
-__all__ = ["await_io", "echo", "effect", "noop", "wait_io"]
+__all__ = [
+    "await_io",
+    "echo",
+    "effect",
+    "noop",
+    "noop_circuit",
+    "noop_limited",
+    "noop_metered",
+    "wait_io",
+]
 
 IO_WAIT_S = 0.2
 
@@ -32,6 +43,24 @@ IO_WAIT_S = 0.2
 @agent("noop")
 def noop(msg: Envelope, ctx: Context) -> None:
     """Accept the message and reply nothing."""
+    return None
+
+
+@agent("noop_limited", max_concurrency=64)
+def noop_limited(msg: Envelope, ctx: Context) -> None:
+    """``noop`` under a concurrency limit it never reaches (``bench/flow.py``: its cost)."""
+    return None
+
+
+@agent("noop_metered", rate_limit="100000/s")
+def noop_metered(msg: Envelope, ctx: Context) -> None:
+    """``noop`` under a rate limit it never reaches."""
+    return None
+
+
+@agent("noop_circuit", circuit_after=1000)
+def noop_circuit(msg: Envelope, ctx: Context) -> None:
+    """``noop`` with a circuit breaker that stays closed."""
     return None
 
 

@@ -1,0 +1,136 @@
+"""What an agent's flow limits cost a delivery: the no-op drain with and without them.
+
+Redis + a fresh PostgreSQL database, one ``-c 2`` prefork worker: ``--messages`` no-op
+messages are drained from ``noop`` (no limits) and from the same handler declared with
+``max_concurrency=64`` (``noop_limited``), ``rate_limit="100000/s"`` (``noop_metered``)
+and ``circuit_after=1000`` (``noop_circuit``): limits it never reaches, so what is
+measured is the checks themselves (the claim's count behind the agent's row lock, the
+slot taken, the circuit read). Variants are interleaved in every round; the script
+prints each drain rate (median of ``--rounds``) and its cost against ``noop`` (target of
+the agent-contracts issue: at most 10 % each for the concurrency and rate limits).
+
+    PYTHONPATH=. .venv/bin/python bench/flow.py --messages 2000 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import text  # noqa: E402
+
+import storage  # noqa: E402
+from bench.throughput import (  # noqa: E402
+    add_server_args,
+    child_env,
+    clean_redis,
+    fresh_database,
+    start_worker,
+    stop_worker,
+    wait_for,
+)
+from messaging.client import Client  # noqa: E402
+from messaging.envelope import Envelope  # noqa: E402
+from wire.queues import inbox_name  # noqa: E402
+from wire.settings import Settings  # noqa: E402
+
+AGENTS = ("noop", "noop_limited", "noop_metered", "noop_circuit")
+_DRAIN = text(
+    "SELECT min(a.started_at), max(a.ended_at), count(*) FROM agentpost_attempts a "
+    "JOIN agentpost_messages m ON m.id = a.message_id "
+    "WHERE m.receiver = :r AND a.outcome = 'delivered'"
+)
+
+
+def drain(args: argparse.Namespace, env: dict[str, str], agent: str, log: Path) -> float:
+    """Send ``--messages`` to ``agent``, drain them with a fresh worker; messages a second."""
+    settings = Settings(
+        broker_url=args.redis_url,
+        database_url=env["AGENTPOST_DATABASE_URL"],
+        namespace=env["AGENTPOST_NAMESPACE"],
+        home=Path(env["AGENTPOST_HOME"]),
+    )
+    engine = storage.engine_for(settings.database)
+    storage.create_schema(engine)
+    with engine.begin() as conn:  # every drain starts from an empty store
+        conn.execute(text("TRUNCATE agentpost_messages, agentpost_attempts RESTART IDENTITY"))
+    storage.register_agents(
+        engine, [(agent, inbox_name(agent, settings))], kind="handler", now=time.time()
+    )
+    client = Client(settings)
+    batch = [Envelope.build(agent, {"i": i}, sender="bench") for i in range(args.messages)]
+    for start in range(0, len(batch), 500):
+        client.send_many(batch[start : start + 500])
+    client.close()
+    argv = [sys.executable, "-m", "messaging.cli", "worker", "bench.agents", "--agents", agent]
+    argv += ["-c", "2", "--loglevel", "WARNING", "--hostname", f"{agent}-{secrets.token_hex(3)}@%h"]
+    proc = start_worker(argv, child_env(env), log)
+
+    def probe() -> tuple[bool, bool]:
+        with engine.connect() as conn:
+            done = conn.execute(_DRAIN, {"r": agent}).one()[2]
+        return done > 0, done >= args.messages
+
+    try:
+        wait_for(probe, proc=proc, timeout_s=args.timeout, interval_s=0.05, log=log)
+    finally:
+        stop_worker(proc)
+    with engine.connect() as conn:
+        first, last, done = conn.execute(_DRAIN, {"r": agent}).one()
+    return float(done / (last - first))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", "-n", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=180.0, help="per drain, seconds")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    add_server_args(parser)
+    args = parser.parse_args(argv)
+    token = secrets.token_hex(4)
+    rates: dict[str, list[float]] = {agent: [] for agent in AGENTS}
+    try:
+        with (
+            fresh_database(args.pg_admin_url, f"agentpost_bench_{token}") as db_url,
+            tempfile.TemporaryDirectory() as home,
+        ):
+            env = {
+                "AGENTPOST_BROKER_URL": args.redis_url,
+                "AGENTPOST_DATABASE_URL": db_url,
+                "AGENTPOST_NAMESPACE": f"b{token}f.",
+                "AGENTPOST_HOME": home,
+            }
+            for round_ in range(args.rounds):
+                for agent in AGENTS:
+                    log = Path(home) / f"{agent}{round_}.log"
+                    rates[agent].append(drain(args, env, agent, log))
+                    print(f"round {round_ + 1} {agent}: {rates[agent][-1]:,.0f} msg/s", flush=True)
+    finally:
+        clean_redis(args.redis_url, token)
+    medians = {agent: statistics.median(values) for agent, values in rates.items()}
+    base = medians["noop"]
+    print(f"\nno-op drain, -c 2 prefork, {args.messages} messages, median of {args.rounds}:")
+    costs = {}
+    for agent in AGENTS:
+        costs[agent] = base / medians[agent] - 1
+        shown = "" if agent == "noop" else f"  cost {costs[agent]:+.1%} a delivery"
+        print(f"  {agent:13} {medians[agent]:8,.0f} msg/s{shown}")
+    print("target: max_concurrency and rate_limit each cost at most 10 %")
+    if args.json:
+        args.json.write_text(json.dumps({"rates": rates, "medians": medians, "costs": costs}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
