@@ -167,9 +167,16 @@ class Client(Sender):
         max_retries: int | None = None,
         backoff_s: float | None = None,
         backoff_max_s: float | None = None,
+        max_backlog: int | None = None,
+        max_concurrency: int | None = None,
         replace: bool = False,
     ) -> AgentInfo:
         """Register a mailbox agent: it pulls its messages with ``client.mailbox(name)``.
+
+        ``max_backlog`` bounds its undelivered messages (a send past it raises
+        ``InboxFull``, as for a handler agent); ``max_concurrency`` the messages its
+        receivers hold at once, all processes together (``receive`` returns nothing
+        more until one is acked, nacked or its lease ends).
 
         Raises:
             ConfigurationError: workers serve an agent of that name (its messages go to
@@ -177,6 +184,9 @@ class Client(Sender):
                 turns it into a mailbox all the same, once no worker serves it.
         """
         validate_agent_name(name)
+        for option, value in (("max_backlog", max_backlog), ("max_concurrency", max_concurrency)):
+            if value is not None and value < 1:
+                raise ConfigurationError(f"agent {name!r}: {option} must be >= 1, got {value}")
         with self._store():
             held_by = storage.register_mailbox(
                 self.engine,
@@ -185,6 +195,8 @@ class Client(Sender):
                 max_retries=max_retries,
                 backoff_s=backoff_s,
                 backoff_max_s=backoff_max_s,
+                max_backlog=max_backlog,
+                max_concurrency=max_concurrency,
                 replace=replace,
             )
         if held_by is not None:

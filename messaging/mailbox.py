@@ -95,6 +95,9 @@ class Mailbox:
         self._core = core
         self.name = name
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:mailbox"
+        with self.store():
+            row = storage.find_agent(core.engine, name)
+        self._max_concurrency = None if row is None else row.max_concurrency
 
     def store(self) -> AbstractContextManager[None]:
         """The store boundary of this mailbox's calls."""
@@ -122,9 +125,7 @@ class Mailbox:
         while True:
             now = time.time()
             with self.store():
-                taken = storage.claim_next(
-                    self._core.engine, self.name, worker=self.consumer, now=now, lease_s=lease
-                )
+                taken = self._claim(now, lease)
                 message = None if taken is None else self._open(taken, now)
             if message is not None:
                 return message
@@ -135,6 +136,25 @@ class Mailbox:
                 return None
             time.sleep(min(pause, remaining))
             pause = min(pause * 2, _POLL_MAX_S)
+
+    def _claim(self, now: float, lease_s: float) -> storage.Taken | None:
+        """The next due message, within the mailbox's ``max_concurrency`` (read when the
+        mailbox was opened): at the limit, nothing."""
+        engine = self._core.engine
+        if self._max_concurrency is None:
+            return storage.claim_next(
+                engine, self.name, worker=self.consumer, now=now, lease_s=lease_s
+            )
+        taken = storage.take_limited(
+            engine,
+            None,
+            self.name,
+            limit=self._max_concurrency,
+            worker=self.consumer,
+            now=now,
+            lease_s=lease_s,
+        )
+        return None if isinstance(taken, storage.Busy) else taken
 
     def peek(self, limit: int = 10) -> list[MessageState]:
         """The next ``limit`` messages ``receive`` would return, without taking them."""

@@ -17,11 +17,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, case, func, literal, select, update
 
+from storage import postgres
 from storage.claims import Claim, Taken, claim_next_on, claim_row_on
 from storage.sql import AGENTS, CLAIMABLE, MESSAGES, claimable
 
@@ -29,13 +32,16 @@ __all__ = [
     "Busy",
     "Circuit",
     "FlowLimits",
+    "Later",
     "circuit_failed",
     "circuit_of",
     "circuit_ok",
     "hold",
+    "rate_slot",
     "release_probe",
     "take_limited",
     "take_probe",
+    "take_rated",
     "take_slot",
     "use_slot",
 ]
@@ -84,7 +90,21 @@ def take_limited(
 ) -> Taken | Busy | None:
     """Claim the message (``None``: the receiver's next due one) if fewer than ``limit``
     handlers of ``receiver`` run now; ``Busy`` if not, ``None`` if it is not claimable."""
-    with engine.begin() as conn:
+    if message_id is not None and engine.dialect.name == "postgresql":
+        got = postgres.claim_limited(
+            engine,
+            message_id,
+            receiver=receiver,
+            limit=limit,
+            worker=worker,
+            now=now,
+            lease_s=lease_s,
+        )
+        if got.attempts is None:
+            return Busy(int(got.running)) if got.running >= limit else None
+        claim = Claim(got.attempts, got.redrives, got.recovered_from)
+        return Taken(message_id, claim, got.envelope, got.expires_at)
+    with _begin(engine) as conn:
         if conn.dialect.name == "postgresql":
             # Claims of this agent queue here; the count below then sees every one
             # committed before (each statement reads a fresh snapshot under READ
@@ -108,12 +128,71 @@ def take_limited(
     return Taken(message_id, claim, row.envelope, row.expires_at)
 
 
+def rate_slot(
+    engine: Engine, message_id: str | None, receiver: str, *, interval_s: float, now: float
+) -> float | None:
+    """None if the message (``None``: any of the receiver's waiting ones) holds a due slot,
+    given back to run on; else the agent's next slot, taken for it."""
+    if use_slot(engine, message_id, receiver, now=now):
+        return None
+    return take_slot(engine, receiver, interval_s=interval_s, now=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """A claim refused: the message's slot (taken for it) is ``at``, not yet."""
+
+    at: float
+
+
+def take_rated(
+    engine: Engine,
+    message_id: str | None,
+    receiver: str,
+    *,
+    interval_s: float,
+    worker: str,
+    now: float,
+    lease_s: float,
+) -> Taken | Later | None:
+    """Claim a rate-limited agent's message (``None``: its next due one) on the slot it
+    holds or on the agent's next one; ``Later`` if that slot is not yet, ``None`` if the
+    message is not claimable."""
+    soon = now + SLOT_EARLY_S
+    if message_id is not None and engine.dialect.name == "postgresql":
+        got = postgres.claim_rated(
+            engine,
+            message_id,
+            receiver=receiver,
+            interval_s=interval_s,
+            worker=worker,
+            now=now,
+            soon=soon,
+            lease_s=lease_s,
+        )
+        if got.attempts is not None:
+            claim = Claim(got.attempts, got.redrives, got.recovered_from)
+            return Taken(message_id, claim, got.envelope, got.expires_at)
+        return Later(got.slot) if got.slot is not None and got.slot > soon else None
+    slot = rate_slot(engine, message_id, receiver, interval_s=interval_s, now=now)
+    if slot is not None and slot > soon:
+        return Later(slot)
+    with _begin(engine) as conn:
+        if message_id is None:
+            return claim_next_on(conn, receiver, worker=worker, now=now, lease_s=lease_s)
+        row = claim_row_on(conn, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
+    if row is None:
+        return None
+    claim = Claim(row.attempts, row.redrives, row.recovered_from)
+    return Taken(message_id, claim, row.envelope, row.expires_at)
+
+
 def take_slot(engine: Engine, agent: str, *, interval_s: float, now: float) -> float:
     """Take the agent's next delivery slot: when this delivery may run (``now`` or later)."""
     start = case(
         (func.coalesce(AGENTS.c.rate_tat, 0.0) > now, AGENTS.c.rate_tat), else_=literal(now)
     )
-    with engine.begin() as conn:
+    with _begin(engine) as conn:
         tat = conn.execute(
             update(AGENTS)
             .where(AGENTS.c.name == agent)
@@ -136,7 +215,7 @@ def use_slot(engine: Engine, message_id: str | None, receiver: str, *, now: floa
         where.append(MESSAGES.c.id == one)
     else:
         where.append(MESSAGES.c.id == message_id)
-    with engine.begin() as conn:
+    with _begin(engine) as conn:
         return bool(conn.execute(update(MESSAGES).where(*where).values(slot_at=None)).rowcount)
 
 
@@ -171,7 +250,7 @@ def hold(
         where.append(MESSAGES.c.id == next_due)
     else:
         where.append(MESSAGES.c.id == message_id)
-    with engine.begin() as conn:
+    with _begin(engine) as conn:
         return bool(conn.execute(update(MESSAGES).where(*where).values(values)).rowcount)
 
 
@@ -195,7 +274,7 @@ def circuit_of(engine: Engine, agent: str) -> Circuit | None:
 def take_probe(engine: Engine, agent: str, *, now: float, lease_s: float) -> bool:
     """Become the probe of an open circuit whose cool-down ended (or whose last probe's
     lease did): one delivery wins, the rest keep waiting."""
-    with engine.begin() as conn:
+    with _begin(engine) as conn:
         won = conn.execute(
             update(AGENTS)
             .where(
@@ -210,7 +289,7 @@ def take_probe(engine: Engine, agent: str, *, now: float, lease_s: float) -> boo
 
 def release_probe(engine: Engine, agent: str, *, now: float) -> None:
     """The probe never ran (its message was not claimable): the next delivery probes."""
-    with engine.begin() as conn:
+    with _begin(engine) as conn:
         conn.execute(
             update(AGENTS)
             .where(AGENTS.c.name == agent, AGENTS.c.circuit_state == "half-open")
@@ -223,7 +302,7 @@ def circuit_failed(
 ) -> int | None:
     """Count a failed attempt; the failures in a row if it opened the circuit (the
     threshold reached, or the probe failed), else None."""
-    with engine.begin() as conn:
+    with _begin(engine) as conn:
         row = _locked(conn, agent)
         if row is None:
             return None
@@ -245,7 +324,7 @@ def circuit_failed(
 def circuit_ok(engine: Engine, agent: str) -> bool:
     """A delivery succeeded: no failures in a row, the circuit closed. True if it was
     open or half-open (this was the probe)."""
-    with engine.begin() as conn:
+    with _begin(engine) as conn:
         row = _locked(conn, agent)
         if row is None or (row.circuit_state is None and not row.circuit_failures):
             return False
@@ -255,6 +334,22 @@ def circuit_ok(engine: Engine, agent: str) -> bool:
             .values(circuit_state=None, circuit_failures=0, circuit_until=None)
         )
     return row.circuit_state is not None
+
+
+@contextmanager
+def _begin(engine: Engine) -> Iterator[Connection]:
+    """A transaction whose commit does not wait for its WAL flush (on PostgreSQL).
+
+    These commits are most of what flow control costs a delivery (a flush each, waited
+    for while the agent's row is locked). What a crash of the database can lose is the
+    last moment of flow state (a slot, a failure counted, a hold), never a message; and
+    a claim made here is written to the WAL before any completion of it, whose own
+    flush then makes it durable too.
+    """
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+        yield conn
 
 
 def _locked(conn: Connection, agent: str) -> Any:

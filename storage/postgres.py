@@ -20,12 +20,14 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, Engine, TextClause, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 
-from storage.tables import Attempt, Message, table_of
+from storage.tables import Agent, Attempt, Message, table_of
 
 __all__ = [
     "claim",
+    "claim_limited",
+    "claim_rated",
     "complete_many",
     "finish",
     "finish_on",
@@ -36,6 +38,7 @@ __all__ = [
 
 _M = table_of(Message).name
 _A = table_of(Attempt).name
+_AG = table_of(Agent).name
 LOST_ERROR = "worker lost: lease expired before the attempt finished"
 
 _CLAIM = text(f"""
@@ -247,6 +250,103 @@ def reply_state(engine: Engine, message_id: str) -> Any:
     return rows[0] if rows else None
 
 
+# Flow control (storage/flow.py) on the delivery path, each one round trip whose commit
+# does not wait for its WAL flush (storage/flow.py ``_begin`` says why that is safe).
+# The claim under a concurrency limit is a function (migration 0009): it locks the
+# agent's row, then counts, then claims, each statement on a fresh snapshot.
+_CLAIM_LIMITED = text("""
+SELECT running, attempts, redrives, recovered_from, envelope, expires_at
+FROM agentpost_claim_limited(:id, :receiver, :limit, :worker, :now, :lease_until, :lost_error)
+""")
+
+
+def claim_limited(
+    engine: Engine,
+    message_id: str,
+    *,
+    receiver: str,
+    limit: int,
+    worker: str,
+    now: float,
+    lease_s: float,
+) -> Any:
+    """The claim under a concurrency limit: a row of ``running`` (the handlers running
+    before it) and the claim's columns, all None when it claimed nothing."""
+    params = {
+        "id": message_id,
+        "receiver": receiver,
+        "limit": limit,
+        "worker": worker,
+        "now": now,
+        "lease_until": now + lease_s,
+        "lost_error": LOST_ERROR,
+    }
+    return _raw(engine, _CLAIM_LIMITED, params)[0]
+
+
+# The claim of a rate-limited agent's message (GCRA): on the slot the message holds,
+# else on the agent's next slot, taken here; a slot later than ``soon`` leaves the
+# message unclaimed (the caller holds it until then, on that slot).
+_CLAIM_RATED = text(f"""
+WITH quick AS MATERIALIZED (
+    SELECT set_config('synchronous_commit', 'off', true) AS quick
+), held AS (
+    SELECT 1 FROM {_M} WHERE id = :id AND slot_at <= :soon
+), taken AS (
+    UPDATE {_AG} SET rate_tat = GREATEST(coalesce(rate_tat, 0), :now) + :interval
+    WHERE name = :receiver AND NOT EXISTS (SELECT 1 FROM held)
+    RETURNING rate_tat - :interval AS slot
+), c AS (
+    UPDATE {_M} SET
+        status = 'running',
+        attempts = attempts + 1,
+        lease_until = :lease_until,
+        claimed_by = :worker,
+        recovered_from = CASE WHEN status = 'running' THEN coalesce(claimed_by, '?') END,
+        updated_at = :now,
+        slot_at = NULL
+    WHERE id = :id
+      AND receiver = :receiver
+      AND (status IN ('queued', 'retrying') OR (status = 'running' AND lease_until < :now))
+      AND (EXISTS (SELECT 1 FROM held) OR coalesce((SELECT slot FROM taken), 0) <= :soon)
+    RETURNING attempts, redrives, recovered_from, envelope, expires_at
+), lost AS (
+    INSERT INTO {_A} (message_id, number, redrive, worker, ended_at, outcome, error)
+    SELECT :id, attempts - 1, redrives, recovered_from, :now, 'lost', :lost_error
+    FROM c WHERE recovered_from IS NOT NULL
+)
+SELECT (SELECT slot FROM taken) AS slot, quick,
+       c.attempts, c.redrives, c.recovered_from, c.envelope, c.expires_at
+FROM quick LEFT JOIN c ON true
+""")
+
+
+def claim_rated(
+    engine: Engine,
+    message_id: str,
+    *,
+    receiver: str,
+    interval_s: float,
+    worker: str,
+    now: float,
+    soon: float,
+    lease_s: float,
+) -> Any:
+    """The claim of a rate-limited agent's message: a row of ``slot`` (the slot taken for
+    it, None if it ran on its own) and the claim's columns, None when it claimed nothing."""
+    params = {
+        "id": message_id,
+        "receiver": receiver,
+        "interval": interval_s,
+        "worker": worker,
+        "now": now,
+        "soon": soon,
+        "lease_until": now + lease_s,
+        "lost_error": LOST_ERROR,
+    }
+    return _raw(engine, _CLAIM_RATED, params)[0]
+
+
 def _raw(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> list[Any]:
     """Run ``statement`` in autocommit on a pooled psycopg connection; its rows.
 
@@ -266,23 +366,32 @@ def _raw(engine: Engine, statement: TextClause, params: Mapping[str, Any]) -> li
             cursor.execute(sql, params, prepare=True)
             return cursor.fetchall() if cursor.description is not None else []
     except psycopg.Error as exc:
-        error: Any = exc
-        broken = engine.dialect.is_disconnect(error, fairy.dbapi_connection, None)
-        if broken:
-            fairy.invalidate(exc)
-        raise DBAPIError.instance(
-            sql,
-            params,
-            exc,
-            psycopg.Error,
-            hide_parameters=True,
-            connection_invalidated=broken,
-            dialect=engine.dialect,
-        ) from exc
+        raise _translated(engine, fairy, sql, params, exc) from exc
     finally:
         if not conn.closed:
             conn.autocommit = False  # the pool's other users expect transactions
         fairy.close()
+
+
+def _translated(
+    engine: Engine, fairy: Any, sql: str, params: Mapping[str, Any], exc: Exception
+) -> StatementError:
+    """The SQLAlchemy error a psycopg one would have been; a broken connection leaves."""
+    import psycopg  # noqa: PLC0415
+
+    error: Any = exc
+    broken = engine.dialect.is_disconnect(error, fairy.dbapi_connection, None)
+    if broken:
+        fairy.invalidate(exc)
+    return DBAPIError.instance(
+        sql,
+        params,
+        exc,
+        psycopg.Error,
+        hide_parameters=True,
+        connection_invalidated=broken,
+        dialect=engine.dialect,
+    )
 
 
 @cache

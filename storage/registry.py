@@ -109,14 +109,22 @@ def register_mailbox(
     max_retries: int | None,
     backoff_s: float | None,
     backoff_max_s: float | None,
+    max_backlog: int | None = None,
+    max_concurrency: int | None = None,
     replace: bool = False,
 ) -> str | None:
-    """Upsert a mailbox agent with its retry options.
+    """Upsert a mailbox agent with its retry options and limits.
 
     Returns the kind of agent that holds the name instead (``"handler"``: workers
     serve it), leaving it as it is, unless ``replace``; ``None`` once registered.
     """
-    options = {"max_retries": max_retries, "backoff_s": backoff_s, "backoff_max_s": backoff_max_s}
+    options = {
+        "max_retries": max_retries,
+        "backoff_s": backoff_s,
+        "backoff_max_s": backoff_max_s,
+        "max_backlog": max_backlog,
+        "max_concurrency": max_concurrency,
+    }
     with engine.begin() as conn:
         kind = conn.execute(select(AGENTS.c.kind).where(AGENTS.c.name == name)).scalar()
         if kind is not None and kind != "mailbox" and not replace:

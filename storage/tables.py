@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Column, Index, Text
+from sqlalchemy import Column, Index, Text, text
 from sqlalchemy import Table as SATable
 from sqlmodel import Field, SQLModel
 
@@ -31,7 +31,16 @@ class Message(SQLModel, table=True):
     """One accepted message and where it is on its path."""
 
     __tablename__ = "agentpost_messages"
-    __table_args__ = (Index("ix_agentpost_messages_status_due", "status", "due_at"),)
+    __table_args__ = (
+        Index("ix_agentpost_messages_status_due", "status", "due_at"),
+        # The running handlers of an agent (a claim under max_concurrency counts them).
+        Index(
+            "ix_agentpost_messages_running",
+            "receiver",
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
+    )
 
     id: str = Field(primary_key=True, max_length=36)
     idempotency_key: str = Field(max_length=255, unique=True)

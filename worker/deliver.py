@@ -135,6 +135,9 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
     if isinstance(taken, storage.Busy):
         held = flow.busy(admission, taken.running)
         return _hold(core, spec, chosen, held, now, task_of=message_id)
+    if isinstance(taken, storage.Later):
+        held = flow.later(admission, taken.at, spec, now)
+        return _hold(core, spec, chosen, held, now, task_of=message_id)
     if taken is None:
         # Delivered, dead, running under a live lease, or not this receiver's: this task
         # is a duplicate (or names a message it has no claim on).
@@ -221,9 +224,21 @@ class _Gated:
 
 def _take(
     core: Sender, spec: AgentSpec, message_id: str | None, worker: str, now: float
-) -> storage.Taken | storage.Busy | None:
-    """The claim: by id, or the receiver's next due message; within its concurrency limit."""
+) -> storage.Taken | storage.Busy | storage.Later | None:
+    """The claim: by id, or the receiver's next due message; within its concurrency
+    limit, or on a rate slot when a rate is its only limit."""
     engine, lease_s, receiver = core.engine, core.settings.lease_s, spec.name
+    rate = spec.rate_per_s
+    if rate is not None and spec.max_concurrency is None:
+        return storage.take_rated(
+            engine,
+            message_id,
+            receiver,
+            interval_s=1 / rate,
+            worker=worker,
+            now=now,
+            lease_s=lease_s,
+        )
     if spec.max_concurrency is not None:
         return storage.take_limited(
             engine,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 import storage
@@ -19,7 +20,18 @@ from messaging.agents import AgentSpec
 from messaging.sending import Sender
 from wire.deadletter import alert, letter_of
 
-__all__ = ["HOLD_S", "Admission", "admit", "busy", "failed", "jittered", "release", "succeeded"]
+__all__ = [
+    "CIRCUIT_READ_S",
+    "HOLD_S",
+    "Admission",
+    "admit",
+    "busy",
+    "failed",
+    "jittered",
+    "later",
+    "release",
+    "succeeded",
+]
 
 log = logging.getLogger("agentpost.flow")
 
@@ -27,6 +39,12 @@ log = logging.getLogger("agentpost.flow")
 # handlers, or a probe of its circuit is running (jittered by half either way, so the
 # waiting ones do not all come back at once).
 HOLD_S = 1.0
+# A process reads a closed circuit again at most this often (an open one every time,
+# and every one right after a failure of its own): a circuit another worker opened
+# holds this process's deliveries within that long.
+CIRCUIT_READ_S = 1.0
+# (store, agent) -> when this process last read the agent's circuit closed, no failures
+_closed_at: dict[tuple[str, str], float] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +64,16 @@ def jittered(seconds: float) -> float:
 
 
 def admit(core: Sender, spec: AgentSpec, message_id: str | None, now: float) -> Admission:
-    """May this delivery of ``spec``'s agent run now? (Its concurrency is the claim's.)"""
+    """May this delivery of ``spec``'s agent run now? Its concurrency limit is the
+    claim's to check, and so is its rate limit when that is its only limit (the slot
+    taken in the claim's own statement)."""
     engine = core.engine
     probe, clean = False, True
-    if spec.circuit_after is not None:
+    key = (core.settings.database, spec.name)
+    if spec.circuit_after is not None and not _known_closed(key):
         circuit = storage.circuit_of(engine, spec.name)
+        if circuit is not None and circuit.state is None and not circuit.failures:
+            _closed_at[key] = time.monotonic()
         if circuit is not None and circuit.state is not None:
             clean = False
             if circuit.until is not None and circuit.until > now:
@@ -65,13 +88,23 @@ def admit(core: Sender, spec: AgentSpec, message_id: str | None, now: float) -> 
             clean = False
     slot = None
     rate = spec.rate_per_s
-    if rate is not None and not storage.use_slot(engine, message_id, spec.name, now=now):
-        slot = storage.take_slot(engine, spec.name, interval_s=1 / rate, now=now)
-        if slot > now + storage.SLOT_EARLY_S:
+    if rate is not None and spec.max_concurrency is not None:
+        slot = storage.rate_slot(engine, message_id, spec.name, interval_s=1 / rate, now=now)
+        if slot is not None and slot > now + storage.SLOT_EARLY_S:
             if probe:
                 storage.release_probe(engine, spec.name, now=now)
             return Admission(slot - now, f"rate limit {spec.rate_limit}", slot=slot)
     return Admission(slot=slot, probe=probe, clean=clean)
+
+
+def _known_closed(key: tuple[str, str]) -> bool:
+    read_at = _closed_at.get(key)
+    return read_at is not None and time.monotonic() - read_at < CIRCUIT_READ_S
+
+
+def later(admission: Admission, slot: float, spec: AgentSpec, now: float) -> Admission:
+    """The claim took the message a rate slot that is not yet: hold it until then."""
+    return Admission(slot - now, f"rate limit {spec.rate_limit}", slot=slot, probe=admission.probe)
 
 
 def busy(admission: Admission, running: int) -> Admission:
@@ -90,6 +123,7 @@ def succeeded(core: Sender, spec: AgentSpec, admission: Admission) -> None:
     """A handler succeeded: its agent's failures in a row end, an open circuit closes."""
     if spec.circuit_after is None or admission.clean:
         return
+    _closed_at.pop((core.settings.database, spec.name), None)
     if storage.circuit_ok(core.engine, spec.name):
         log.warning("circuit of %s closed: the probe succeeded", spec.name)
 
@@ -100,6 +134,7 @@ def failed(core: Sender, spec: AgentSpec, error: str, now: float) -> None:
     after = spec.circuit_after
     if after is None:
         return
+    _closed_at.pop((core.settings.database, spec.name), None)
     cooldown_s = spec.circuit_cooldown_s
     failures = storage.circuit_failed(
         core.engine, spec.name, after=after, cooldown_s=cooldown_s, now=now, error=error
