@@ -34,6 +34,7 @@ from bench.throughput import (  # noqa: E402
     add_server_args,
     child_env,
     clean_redis,
+    cpu_per_message,
     fresh_database,
     start_worker,
     stop_worker,
@@ -52,8 +53,11 @@ _DRAIN = text(
 )
 
 
-def drain(args: argparse.Namespace, env: dict[str, str], agent: str, log: Path) -> float:
-    """Send ``--messages`` to ``agent``, drain them with a fresh worker; messages a second."""
+def drain(
+    args: argparse.Namespace, env: dict[str, str], agent: str, log: Path
+) -> tuple[float, float]:
+    """Send ``--messages`` to ``agent``, drain them with a fresh worker: messages a second,
+    and CPU ms a message of the worker's processes and PostgreSQL's."""
     settings = Settings(
         broker_url=args.redis_url,
         database_url=env["AGENTPOST_DATABASE_URL"],
@@ -82,12 +86,13 @@ def drain(args: argparse.Namespace, env: dict[str, str], agent: str, log: Path) 
         return done > 0, done >= args.messages
 
     try:
-        wait_for(probe, proc=proc, timeout_s=args.timeout, interval_s=0.05, log=log)
+        before, after = wait_for(probe, proc=proc, timeout_s=args.timeout, interval_s=0.05, log=log)
     finally:
         stop_worker(proc)
     with engine.connect() as conn:
         first, last, done = conn.execute(_DRAIN, {"r": agent}).one()
-    return float(done / (last - first))
+    cpu = cpu_per_message(before, after, done)
+    return float(done / (last - first)), cpu["worker"] + cpu["postgres"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     token = secrets.token_hex(4)
     agents = args.agents.split(",")
     rates: dict[str, list[float]] = {agent: [] for agent in agents}
+    cpus: dict[str, list[float]] = {agent: [] for agent in agents}
     try:
         with (
             fresh_database(args.pg_admin_url, f"agentpost_bench_{token}") as db_url,
@@ -118,21 +124,34 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(args.rounds):
                 for agent in agents:
                     log = Path(home) / f"{agent}{round_}.log"
-                    rates[agent].append(drain(args, env, agent, log))
-                    print(f"round {round_ + 1} {agent}: {rates[agent][-1]:,.0f} msg/s", flush=True)
+                    rate, cpu = drain(args, env, agent, log)
+                    rates[agent].append(rate)
+                    cpus[agent].append(cpu)
+                    print(
+                        f"round {round_ + 1} {agent}: {rate:,.0f} msg/s, {cpu:.2f} ms CPU/msg",
+                        flush=True,
+                    )
     finally:
         clean_redis(args.redis_url, token)
     medians = {agent: statistics.median(values) for agent, values in rates.items()}
-    base = medians[agents[0]]
+    cpu_medians = {agent: statistics.median(values) for agent, values in cpus.items()}
+    base, base_cpu = medians[agents[0]], cpu_medians[agents[0]]
     print(f"\nno-op drain, -c 2 prefork, {args.messages} messages, median of {args.rounds}:")
-    costs = {}
+    print(f"  {'agent':13} {'msg/s':>8} {'cost':>7}   {'CPU ms/msg':>10} {'cost':>7}")
+    costs, cpu_costs = {}, {}
     for agent in agents:
         costs[agent] = base / medians[agent] - 1
-        shown = "" if agent == agents[0] else f"  cost {costs[agent]:+.1%} a delivery"
-        print(f"  {agent:13} {medians[agent]:8,.0f} msg/s{shown}")
-    print("target: max_concurrency and rate_limit each cost at most 10 %")
+        cpu_costs[agent] = cpu_medians[agent] / base_cpu - 1
+        print(
+            f"  {agent:13} {medians[agent]:8,.0f} {costs[agent]:+7.1%}   "
+            f"{cpu_medians[agent]:10.2f} {cpu_costs[agent]:+7.1%}"
+        )
+    print("cost: time (1/rate) and CPU (worker processes + PostgreSQL) a delivery, against")
+    print(f"{agents[0]}; target: max_concurrency and rate_limit each cost at most 10 %")
     if args.json:
-        args.json.write_text(json.dumps({"rates": rates, "medians": medians, "costs": costs}))
+        figures = {"rates": rates, "medians": medians, "costs": costs}
+        figures |= {"cpu_ms": cpus, "cpu_medians": cpu_medians, "cpu_costs": cpu_costs}
+        args.json.write_text(json.dumps(figures))
     return 0
 
 
