@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Backend, Worker, answers, free_port, serving, wait_final
+from tests.conftest import Backend, Worker, answers, free_port, serving, wait_final, wait_for
 
 pytestmark = pytest.mark.slow
 TOKEN = "metrics-test-token"
@@ -35,7 +35,7 @@ def test_counters_move_as_messages_flow(
     backend: Backend, start_worker: Callable[..., Worker]
 ) -> None:
     # Given a worker, and the exporter started the README way with a token
-    start_worker("--agents", "echo,flaky,doomed")
+    start_worker("--agents", "echo,flaky,doomed,breaker")
     url = f"http://127.0.0.1:{(port := free_port())}/metrics"
 
     argv = ["metrics", "--port", str(port), "--min-interval", "0"]
@@ -47,6 +47,8 @@ def test_counters_move_as_messages_flow(
         )
         before = _scrape(url)
         assert _value(before, "agentpost_queue_depth", agent="echo") == 0
+        assert ("agentpost_circuit_open", (("agent", "breaker"),)) in before
+        assert _value(before, "agentpost_circuit_open", agent="breaker") == 0
 
         # When messages are delivered, retried and dead-lettered
         client = backend.client()
@@ -72,6 +74,15 @@ def test_counters_move_as_messages_flow(
         inf = ("agentpost_delivery_latency_seconds_bucket", (("agent", "echo"), ("le", "+Inf")))
         assert after[inf] == 3
         assert _value(after, "agentpost_delivery_latency_seconds_sum", agent="echo") > 0
+
+        # And an agent failing three times in a row shows its circuit open
+        (backend.spool / "breaker-broken").touch()
+        client.send("breaker", {}, sender="tester")
+        wait_for(
+            lambda: _value(_scrape(url), "agentpost_circuit_open", agent="breaker") == 1,
+            20,
+            "the circuit gauge",
+        )
 
         # And a backlog shows as queue depth once no worker takes it
         for worker in list(backend.workers):
