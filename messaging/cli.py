@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -149,6 +150,52 @@ def db_upgrade(
     with store_errors(settings.database):
         reached = storage.upgrade(storage.engine_for(settings.database), revision)
     typer.echo(f"store at revision {reached} ({safe_database_url(settings.database)})")
+
+
+@db_app.command("prune")
+def db_prune(
+    older_than: Annotated[
+        str,
+        typer.Option(
+            "--older-than", help="Finished before this long ago (90s, 30m, 12h, 7d) or an ISO time."
+        ),
+    ],
+    status: Annotated[str, typer.Option(help="delivered, dead, or all.")] = "all",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count; delete nothing.")] = False,
+    batch: Annotated[int, typer.Option(min=1, help="Messages a transaction.")] = 1000,
+) -> None:
+    """Delete finished messages (delivered, dead) and their attempts, oldest first.
+
+    The sweeper does the same by itself (AGENTPOST_RETAIN_DELIVERED_S, _DEAD_S); this is
+    for a window of your own. A pruned message's idempotency key is free again.
+    """
+    import storage
+    from messaging.cli_ops import parse_since
+    from wire.boundary import store_errors
+    from wire.settings import Settings
+
+    if status not in ("delivered", "dead", "all"):
+        raise typer.BadParameter(f"--status {status!r}: use delivered, dead or all")
+    before = parse_since(older_than, "--older-than")
+    windows = {
+        "delivered_before": before if status in ("delivered", "all") else None,
+        "dead_before": before if status in ("dead", "all") else None,
+    }
+    settings = Settings()
+    with store_errors(settings.database):
+        engine = storage.engine_for(settings.database)
+        storage.create_schema(engine)
+        if dry_run:
+            total = storage.prunable(engine, **windows)
+        else:
+            total = storage.Pruned()
+            while (pruned := storage.prune(engine, limit=batch, **windows)).messages:
+                total += pruned
+    when = datetime.fromtimestamp(before or 0, UTC).isoformat(timespec="seconds")
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(
+        f"{verb} {total.messages} message(s) and {total.attempts} attempt(s) finished before {when}"
+    )
 
 
 @db_app.command("current")

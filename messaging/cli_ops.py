@@ -51,8 +51,8 @@ def _payload(text: str) -> Any:
         raise typer.BadParameter(f"not JSON: {exc.msg} (quote it: '{{\"a\": 1}}')") from None
 
 
-def parse_since(text: str | None) -> float | None:
-    """``30m``, ``2h``, ``1d`` or an ISO time, as epoch seconds."""
+def parse_since(text: str | None, option: str = "--since") -> float | None:
+    """``30m``, ``2h``, ``1d`` (that long ago) or an ISO time, as epoch seconds."""
     if not text:
         return None
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -61,7 +61,7 @@ def parse_since(text: str | None) -> float | None:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise typer.BadParameter(f"--since {text!r}: use 30m, 2h, 1d or an ISO time") from None
+        raise typer.BadParameter(f"{option} {text!r}: use 30m, 2h, 1d or an ISO time") from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 

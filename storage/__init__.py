@@ -58,6 +58,7 @@ from storage.registry import (
     unsubscribe,
 )
 from storage.repository import Inserted, NewMessage, Republish, insert_messages, purge, redrive
+from storage.retention import Pruned, prunable, prune
 from storage.schema import create_schema
 from storage.sql import ACTIVE_STATUSES
 from storage.stats import AgentTotals, agent_totals
@@ -102,6 +103,7 @@ __all__ = [
     "Later",
     "Message",
     "NewMessage",
+    "Pruned",
     "RateBucket",
     "ReplyState",
     "Republish",
@@ -149,6 +151,8 @@ __all__ = [
     "marked_at",
     "overdue",
     "peek",
+    "prunable",
+    "prune",
     "purge",
     "rate_slot",
     "record_audit",

@@ -33,6 +33,8 @@ class Message(SQLModel, table=True):
     __tablename__ = "agentpost_messages"
     __table_args__ = (
         Index("ix_agentpost_messages_status_due", "status", "due_at"),
+        # Retention takes the oldest finished messages of a status first.
+        Index("ix_agentpost_messages_finished", "status", "finished_at"),
         # The running handlers of an agent (a claim under max_concurrency counts them).
         Index(
             "ix_agentpost_messages_running",
@@ -50,7 +52,7 @@ class Message(SQLModel, table=True):
     receiver: str = Field(max_length=64, index=True)
     priority: int = 5
     # queued | running | retrying | delivered | dead
-    status: str = Field(max_length=16, index=True)
+    status: str = Field(max_length=16)
     dead_reason: str | None = Field(default=None, max_length=16)
     # The envelope as the client serialised it: what the sweeper and redrive republish.
     envelope: str = Field(sa_column=Column(Text, nullable=False))

@@ -454,3 +454,29 @@ def test_a_publish_and_a_broadcast_carry_their_delivery_guarantee(harness: Harne
     with harness.client.engine.connect() as conn:
         effects = conn.execute(text("SELECT message_id FROM h_effects")).scalars().all()
     assert effects == [published[0].message_id]
+
+
+def test_the_sweeper_deletes_what_finished_past_its_retention(tmp_path: Path) -> None:
+    # Given delivered messages kept 0.2 s and dead ones for ever (0), one of each
+    settings = Settings(home=tmp_path, retain_delivered_s=0.2, retain_dead_s=0, prune_batch=1)
+    with Harness(settings) as h:
+        h.serve("h.echo", "h.rejecter")
+        delivered = [h.client.send("h.echo", {"n": n}, sender="t").message_id for n in range(2)]
+        dead = h.client.send("h.rejecter", None, sender="t").message_id
+        h.run()
+        time.sleep(0.3)
+        # When the sweeper runs twice (one message a status a sweep)
+        h.sweep()
+        assert sum(1 for m in delivered if _gone(h, m)) == 1
+        h.sweep()
+        # Then the delivered ones are gone, the dead one stays
+        assert all(_gone(h, m) for m in delivered)
+        assert h.client.status(dead).status == "dead"
+
+
+def _gone(harness: Harness, message_id: str) -> bool:
+    try:
+        harness.client.status(message_id)
+    except MessageNotFound:
+        return True
+    return False

@@ -6,13 +6,14 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 from sqlmodel import SQLModel
 
 import storage
@@ -87,6 +88,56 @@ def test_a_store_behind_is_refused_with_the_command_that_fixes_it(
     Client(settings).close()
     current = _db(env, "current")
     assert "up to date" in current.stdout
+
+
+def test_a_store_with_messages_upgrades_in_place_to_flow_control_and_retention(
+    database_url: str,
+) -> None:
+    # Given a store at 0008 (before flow control and retention) holding messages: one
+    # delivered long ago with its attempt, one waiting, and a registered agent
+    engine = storage.engine_for(database_url)
+    storage.upgrade(engine, "0008")
+    old, waiting = str(uuid.uuid4()), str(uuid.uuid4())
+    with engine.begin() as conn:
+        rows = ((old, "delivered", 1, 1.0), (waiting, "queued", 0, None))
+        for message_id, status, attempts, finished in rows:
+            conn.execute(
+                text(
+                    "INSERT INTO agentpost_messages (id, idempotency_key, correlation_id, "
+                    "sender, receiver, priority, status, envelope, attempts, redrives, "
+                    "created_at, updated_at, due_at, finished_at) VALUES (:id, :id, :id, "
+                    "'a', 'b', 5, :status, '{}', :attempts, 0, 1.0, 1.0, 1.0, :finished)"
+                ),
+                {"id": message_id, "status": status, "attempts": attempts, "finished": finished},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO agentpost_attempts (message_id, number, redrive, ended_at, "
+                "outcome) VALUES (:id, 1, 0, 1.0, 'delivered')"
+            ),
+            {"id": old},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO agentpost_agents (name, kind, queue, registered_at, last_seen_at) "
+                "VALUES ('b', 'handler', 'agent.b', 1.0, 1.0)"
+            )
+        )
+    # When it is upgraded to the head
+    assert storage.upgrade(engine) == storage.head_revision()
+    # Then its rows are all there, the agent has no limits and a closed circuit, and
+    # the new statements work on them: retention, a rate slot, a limited claim
+    assert [a.name for a in storage.list_agents(engine)] == ["b"]
+    row = storage.find_agent(engine, "b")
+    assert row is not None and (row.max_concurrency, row.circuit_state) == (None, None)
+    assert storage.take_slot(engine, "b", interval_s=1.0, now=10.0) == 10.0
+    taken = storage.take_limited(
+        engine, waiting, "b", limit=1, worker="w", now=time.time(), lease_s=10
+    )
+    assert isinstance(taken, storage.Taken) and taken.claim.attempt == 1
+    pruned = storage.prune(engine, delivered_before=2.0, dead_before=None, limit=10)
+    assert pruned == storage.Pruned(1, 1)
+    assert storage.get_message(engine, waiting) is not None
 
 
 def test_a_store_made_before_migrations_is_stamped_then_upgraded(database_url: str) -> None:

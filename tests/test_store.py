@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine
 
 import storage
-from tests.conftest import ROOT, new_row, stored_row
+from tests.conftest import AGENTPOST, ROOT, new_row, stored_row
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -182,3 +182,79 @@ def test_a_lost_broker_gets_back_only_the_rows_its_inbox_lacks(engine: Engine) -
     # A receiver whose inbox cannot be counted gets every waiting row back
     every = storage.republish_lost(engine, now=now + 13, counted_at=now + 13, in_broker={})
     assert sorted(r.message_id for r in every) == sorted(ids[:4])
+
+
+DAY = 86400.0
+
+
+def _finish(engine: Engine, key: str, *, at: float, dead: bool = False) -> str:
+    """A message claimed and finished (delivered, or dead) at ``at``, one attempt each."""
+    message_id = stored_row(engine, key)
+    claim = storage.claim(engine, message_id, worker="w", now=at, lease_s=10)
+    assert claim is not None
+    if dead:
+        storage.mark_dead(
+            engine, message_id, reason="exhausted", error="boom", now=at, claim_=claim, worker="w"
+        )
+    else:
+        storage.complete(
+            engine, message_id, claim_=claim, worker="w", started_at=at, now=at, reply=None
+        )
+    return message_id
+
+
+def test_retention_deletes_finished_messages_past_their_window_with_their_attempts(
+    engine: Engine,
+) -> None:
+    # Given messages delivered 8 and 2 days ago, dead 40 and 8 days ago, and two that
+    # have waited and run for 60 days without finishing
+    now = time.time()
+    old = _finish(engine, "old", at=now - 8 * DAY)
+    recent = _finish(engine, "recent", at=now - 2 * DAY)
+    long_dead = _finish(engine, "long-dead", at=now - 40 * DAY, dead=True)
+    dead = _finish(engine, "dead", at=now - 8 * DAY, dead=True)
+    waiting = stored_row(engine, "waiting")
+    running = stored_row(engine, "running")
+    storage.claim(engine, running, worker="w", now=now - 60 * DAY, lease_s=10)
+    windows = {"delivered_before": now - 7 * DAY, "dead_before": now - 30 * DAY}
+    # When a dry run counts, then the prune runs in batches of one
+    assert storage.prunable(engine, **windows) == storage.Pruned(2, 2)
+    assert storage.prune(engine, limit=1, **windows) == storage.Pruned(2, 2)
+    assert storage.prune(engine, limit=1, **windows) == storage.Pruned(0, 0)
+    # Then what finished past its window is gone, its attempts with it; the rest stays
+    assert storage.get_message(engine, old) is None
+    assert storage.get_message(engine, long_dead) is None
+    assert storage.attempts_of(engine, [old, long_dead]) == []
+    for kept in (recent, dead, waiting, running):
+        assert storage.get_message(engine, kept) is not None
+    assert len(storage.attempts_of(engine, [recent, dead])) == 2
+    # And a pruned message's key is free again (the dedup window is the retention),
+    # while a kept one's still answers with the first message
+    [again] = storage.insert_messages(engine, [new_row("old")])
+    assert not again.duplicate and again.message_id != old
+    assert storage.insert_messages(engine, [new_row("recent")])[0].message_id == recent
+
+
+def test_db_prune_deletes_what_an_operator_names(engine: Engine, tmp_path: Path) -> None:
+    now = time.time()
+    old = _finish(engine, "old", at=now - 8 * DAY)
+    dead = _finish(engine, "dead", at=now - 8 * DAY, dead=True)
+    recent = _finish(engine, "recent", at=now - 3600)
+    url = engine.url.render_as_string(hide_password=False)
+    env = {"PATH": "/usr/bin:/bin", "AGENTPOST_DATABASE_URL": url, "AGENTPOST_HOME": str(tmp_path)}
+
+    def prune(*args: str) -> str:
+        cmd = [*AGENTPOST, "db", "prune", *args]
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert prune("--older-than", "7d", "--dry-run").startswith(
+        "would delete 2 message(s) and 2 attempt(s) finished before "
+    )
+    assert storage.get_message(engine, old) is not None
+    assert prune("--older-than", "7d", "--status", "dead").startswith("deleted 1 message(s)")
+    assert storage.get_message(engine, dead) is None
+    assert prune("--older-than", "7d").startswith("deleted 1 message(s) and 1 attempt(s)")
+    assert storage.get_message(engine, old) is None
+    assert storage.get_message(engine, recent) is not None

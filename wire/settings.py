@@ -50,6 +50,21 @@ class Settings(BaseSettings):
         description="a message still waiting this long after it was due "
         "gets one spare copy of its task (never more)",
     )
+    retain_delivered_s: float = Field(
+        default=7 * 86400.0,
+        ge=0,
+        description="delivered messages and their attempts are deleted this long after "
+        "they finished (0: kept for ever); their idempotency keys are free again then",
+    )
+    retain_dead_s: float = Field(
+        default=30 * 86400.0,
+        ge=0,
+        description="dead messages (expired included) are deleted this long after they "
+        "died (0: kept for ever)",
+    )
+    prune_batch: int = Field(
+        default=1000, gt=0, description="most messages of each status a sweep deletes"
+    )
     max_retries: int = Field(default=5, ge=0)
     backoff_s: float = Field(default=1.0, ge=0)
     backoff_max_s: float = Field(default=600.0, ge=0)

@@ -22,7 +22,10 @@ Every sweep, in this order:
    worker that died holding a retry; a long backlog alone gets none);
 5. on the embedded broker, whose tasks are tokens for any due message of their
    receiver: as many tokens as the receiver has messages due for ``publish_grace_s``,
-   counting those waiting.
+   counting those waiting;
+6. retention: at most ``prune_batch`` delivered messages finished more than
+   ``retain_delivered_s`` ago, and as many dead ones past ``retain_dead_s``, deleted
+   with their attempts (``storage/retention.py``).
 
 One sweep runs at a time (``storage.sweep_lock``): two that overlap would judge the
 same rows from a state the other is changing. No message ever has more than two
@@ -97,6 +100,7 @@ def _sweep(app: AgentpostCelery, engine: Engine) -> SweepReport:
         else _top_up_tokens(app, engine, now - settings.publish_grace_s)
     )
     storage.end_sweep(engine, started_at=now, now=time.time())
+    _prune(app, engine, now)
     if rows or spares or tokens:
         log.warning(
             "sweeper: %d message(s) of a broker that lost them, %d lost attempt(s), "
@@ -108,6 +112,24 @@ def _sweep(app: AgentpostCelery, engine: Engine) -> SweepReport:
             tokens,
         )
     return SweepReport(len(recovered), len(unpublished) + len(spares) + tokens, len(lost))
+
+
+def _prune(app: AgentpostCelery, engine: Engine, now: float) -> None:
+    """Retention: one bounded batch of each finished status past its window."""
+    settings = app.settings
+    delivered, dead = settings.retain_delivered_s, settings.retain_dead_s
+    pruned = storage.prune(
+        engine,
+        delivered_before=now - delivered if delivered else None,
+        dead_before=now - dead if dead else None,
+        limit=settings.prune_batch,
+    )
+    if pruned.messages:
+        log.info(
+            "sweeper: retention deleted %d finished message(s) and %d attempt(s)",
+            pruned.messages,
+            pruned.attempts,
+        )
 
 
 def _publish(

@@ -1,0 +1,33 @@
+"""retention: finished messages found by (status, finished_at); the status index goes
+
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-06 03:40:00.000000
+
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+# revision identifiers, used by Alembic.
+revision: str = "0010"
+down_revision: str | Sequence[str] | None = "0009"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    """Upgrade schema."""
+    # Retention deletes the oldest finished messages of a status first.
+    op.create_index(
+        "ix_agentpost_messages_finished", "agentpost_messages", ["status", "finished_at"]
+    )
+    # (status, due_at) serves every query by status; this one only cost each update.
+    op.drop_index("ix_agentpost_messages_status", table_name="agentpost_messages")
+
+
+def downgrade() -> None:
+    """Downgrade schema."""
+    op.create_index("ix_agentpost_messages_status", "agentpost_messages", ["status"])
+    op.drop_index("ix_agentpost_messages_finished", table_name="agentpost_messages")

@@ -1,0 +1,83 @@
+"""Retention: finished messages (delivered or dead) and their attempts, deleted once past
+their window, oldest first, in bounded batches.
+
+Each batch is found through the ``(status, finished_at)`` index and deleted in one
+transaction with its attempts; active rows (queued, running, retrying) are never read
+or locked, so deliveries go on meanwhile. On PostgreSQL the batch skips rows another
+transaction holds (a redrive moving one back to ``queued``), and the delete checks the
+status again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, delete, func, select
+
+from storage.sql import ATTEMPTS, MESSAGES
+
+__all__ = ["Pruned", "prunable", "prune"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What a prune deleted (or, dry, would delete)."""
+
+    messages: int = 0
+    attempts: int = 0
+
+    def __add__(self, other: Pruned) -> Pruned:
+        return Pruned(self.messages + other.messages, self.attempts + other.attempts)
+
+
+def _windows(delivered_before: float | None, dead_before: float | None) -> list[tuple[str, float]]:
+    cutoffs = (("delivered", delivered_before), ("dead", dead_before))
+    return [(status, before) for status, before in cutoffs if before is not None]
+
+
+def prune(
+    engine: Engine,
+    *,
+    delivered_before: float | None,
+    dead_before: float | None,
+    limit: int,
+) -> Pruned:
+    """Delete up to ``limit`` delivered messages finished before ``delivered_before``, and
+    as many dead ones before ``dead_before`` (None: keep them all), with their attempts."""
+    pruned = Pruned()
+    for status, before in _windows(delivered_before, dead_before):
+        batch = (
+            select(MESSAGES.c.id)
+            .where(MESSAGES.c.status == status, MESSAGES.c.finished_at < before)
+            .order_by(MESSAGES.c.finished_at)
+            .limit(limit)
+        )
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                batch = batch.with_for_update(skip_locked=True)
+            ids = list(conn.execute(batch).scalars())
+            if not ids:
+                continue
+            attempts = conn.execute(delete(ATTEMPTS).where(ATTEMPTS.c.message_id.in_(ids)))
+            messages = conn.execute(
+                delete(MESSAGES).where(MESSAGES.c.id.in_(ids), MESSAGES.c.status == status)
+            )
+        pruned += Pruned(messages.rowcount, attempts.rowcount)
+    return pruned
+
+
+def prunable(
+    engine: Engine, *, delivered_before: float | None, dead_before: float | None
+) -> Pruned:
+    """What ``prune`` would delete in all, batch after batch (a dry run)."""
+    pruned = Pruned()
+    with engine.connect() as conn:
+        for status, before in _windows(delivered_before, dead_before):
+            old = (MESSAGES.c.status == status, MESSAGES.c.finished_at < before)
+            messages = conn.execute(select(func.count()).where(*old)).scalar_one()
+            ids = select(MESSAGES.c.id).where(*old)
+            attempts = conn.execute(
+                select(func.count()).where(ATTEMPTS.c.message_id.in_(ids))
+            ).scalar_one()
+            pruned += Pruned(int(messages), int(attempts))
+    return pruned
