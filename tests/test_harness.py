@@ -19,7 +19,15 @@ from kombu import Connection
 from sqlalchemy import text
 
 import storage
-from messaging import Context, Envelope, MessageNotFound, PermanentError, Settings, agent
+from messaging import (
+    Context,
+    Envelope,
+    InboxFull,
+    MessageNotFound,
+    PermanentError,
+    Settings,
+    agent,
+)
 from tests.conftest import publish_future_envelope
 from wire import dead_letter_queue, inbox_depths
 from worker import Harness, SweepReport
@@ -480,3 +488,19 @@ def _gone(harness: Harness, message_id: str) -> bool:
     except MessageNotFound:
         return True
     return False
+
+
+def test_a_mailbox_declares_its_backlog_and_concurrency_limits(harness: Harness) -> None:
+    client = harness.client
+    client.register("h.limited_box", max_backlog=2, max_concurrency=1)
+    box = client.mailbox("h.limited_box")
+    client.send("h.limited_box", {"n": 1}, sender="t")
+    client.send("h.limited_box", {"n": 2}, sender="t")
+    with pytest.raises(InboxFull):
+        client.send("h.limited_box", {"n": 3}, sender="t")
+    first = box.receive()
+    assert first is not None
+    assert box.receive() is None  # one held at a time
+    first.ack()
+    second = box.receive()
+    assert second is not None and second.payload == {"n": 2}
