@@ -31,7 +31,7 @@ __all__ = ["LATENCY_BOUNDS_S", "StoreCollector", "metrics_app", "serve_metrics"]
 
 log = logging.getLogger("agentpost.metrics")
 
-LATENCY_BOUNDS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+LATENCY_BOUNDS_S = storage.LATENCY_BOUNDS_S
 # Attempt outcomes as the counters name them.
 _OUTCOMES = {
     "delivered": "delivered",

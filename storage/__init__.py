@@ -61,7 +61,7 @@ from storage.repository import Inserted, NewMessage, Republish, insert_messages,
 from storage.retention import Pruned, prunable, prune
 from storage.schema import create_schema
 from storage.sql import ACTIVE_STATUSES
-from storage.stats import AgentTotals, agent_totals
+from storage.stats import LATENCY_BOUNDS_S, AgentTotals, agent_totals
 from storage.sweeps import (
     due_counts,
     due_rows,
@@ -87,6 +87,7 @@ from storage.tables import (
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "LATENCY_BOUNDS_S",
     "SLOT_EARLY_S",
     "Agent",
     "AgentTotals",

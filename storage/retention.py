@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, delete, func, select
 
 from storage.sql import ATTEMPTS, MESSAGES
+from storage.stats import fold_pruned
 
 __all__ = ["Pruned", "prunable", "prune"]
 
@@ -58,10 +59,9 @@ def prune(
             ids = list(conn.execute(batch).scalars())
             if not ids:
                 continue
+            fold_pruned(conn, ids)  # the counters keep what goes (storage/stats.py)
             attempts = conn.execute(delete(ATTEMPTS).where(ATTEMPTS.c.message_id.in_(ids)))
-            messages = conn.execute(
-                delete(MESSAGES).where(MESSAGES.c.id.in_(ids), MESSAGES.c.status == status)
-            )
+            messages = conn.execute(delete(MESSAGES).where(MESSAGES.c.id.in_(ids)))
         pruned += Pruned(messages.rowcount, attempts.rowcount)
     return pruned
 

@@ -14,6 +14,7 @@ from storage.tables import (
     AuditEntry,
     BrokerEpoch,
     Message,
+    PrunedTotal,
     RateBucket,
     RevokedSubject,
     Subscription,
@@ -30,6 +31,7 @@ __all__ = [
     "BROKER_EPOCHS",
     "CLAIMABLE",
     "MESSAGES",
+    "PRUNED_TOTALS",
     "RATE_BUCKETS",
     "REVOKED_SUBJECTS",
     "SUBSCRIPTIONS",
@@ -46,6 +48,7 @@ SUBSCRIPTIONS = table_of(Subscription)
 API_KEYS = table_of(ApiKey)
 AUDIT = table_of(AuditEntry)
 BROKER_EPOCHS = table_of(BrokerEpoch)
+PRUNED_TOTALS = table_of(PrunedTotal)
 RATE_BUCKETS = table_of(RateBucket)
 REVOKED_SUBJECTS = table_of(RevokedSubject)
 SWEEP_JOURNAL = table_of(SweepJournal)

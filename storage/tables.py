@@ -19,6 +19,7 @@ __all__ = [
     "AuditEntry",
     "BrokerEpoch",
     "Message",
+    "PrunedTotal",
     "RateBucket",
     "RevokedSubject",
     "Subscription",
@@ -134,6 +135,18 @@ class Agent(SQLModel, table=True):
     circuit_failures: int | None = None
     circuit_until: float | None = None
     circuit_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class PrunedTotal(SQLModel, table=True):
+    """What retention deleted, per agent and kind ("sent", "attempts:<outcome>",
+    "latency:count", "latency:sum", "latency:le:<bound>"): the metrics' counters add it,
+    so that deleting rows never makes them go down."""
+
+    __tablename__ = "agentpost_pruned_totals"
+
+    agent: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(primary_key=True, max_length=32)
+    value: float = 0.0
 
 
 class Subscription(SQLModel, table=True):

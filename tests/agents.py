@@ -209,7 +209,7 @@ def limited(msg: Envelope, ctx: Context) -> None:
     _record(msg, ctx, "end")
 
 
-@agent("metered", rate_limit="10/s")
+@agent("metered", rate_limit="4/s")
 def metered(msg: Envelope, ctx: Context) -> None:
     _record(msg, ctx, "run")
 

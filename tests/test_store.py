@@ -217,6 +217,7 @@ def test_retention_deletes_finished_messages_past_their_window_with_their_attemp
     running = stored_row(engine, "running")
     storage.claim(engine, running, worker="w", now=now - 60 * DAY, lease_s=10)
     windows = {"delivered_before": now - 7 * DAY, "dead_before": now - 30 * DAY}
+    before = storage.agent_totals(engine, storage.LATENCY_BOUNDS_S)["b"]
     # When a dry run counts, then the prune runs in batches of one
     assert storage.prunable(engine, **windows) == storage.Pruned(2, 2)
     assert storage.prune(engine, limit=1, **windows) == storage.Pruned(2, 2)
@@ -228,6 +229,15 @@ def test_retention_deletes_finished_messages_past_their_window_with_their_attemp
     for kept in (recent, dead, waiting, running):
         assert storage.get_message(engine, kept) is not None
     assert len(storage.attempts_of(engine, [recent, dead])) == 2
+    # And the metrics' counters did not go down: what went is kept in the pruned totals
+    after = storage.agent_totals(engine, storage.LATENCY_BOUNDS_S)["b"]
+    assert (after.sent, after.attempts, after.latency_count) == (6, {"delivered": 2, "dead": 2}, 2)
+    assert (after.sent, after.attempts, after.latency_buckets) == (
+        before.sent,
+        before.attempts,
+        before.latency_buckets,
+    )
+    assert after.by_status == {"delivered": 1, "dead": 1, "queued": 1, "running": 1}
     # And a pruned message's key is free again (the dedup window is the retention),
     # while a kept one's still answers with the first message
     [again] = storage.insert_messages(engine, [new_row("old")])

@@ -1,4 +1,5 @@
-"""retention: finished messages found by (status, finished_at); the status index goes
+"""retention: finished messages found by (status, finished_at), the totals of what it
+deleted; the status index goes
 
 Revision ID: 0010
 Revises: 0009
@@ -8,6 +9,7 @@ Create Date: 2026-12-06 03:40:00.000000
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 # revision identifiers, used by Alembic.
@@ -25,9 +27,18 @@ def upgrade() -> None:
     )
     # (status, due_at) serves every query by status; this one only cost each update.
     op.drop_index("ix_agentpost_messages_status", table_name="agentpost_messages")
+    # What retention deleted, so that the metrics' counters never go down.
+    op.create_table(
+        "agentpost_pruned_totals",
+        sa.Column("agent", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("value", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("agent", "kind"),
+    )
 
 
 def downgrade() -> None:
     """Downgrade schema."""
+    op.drop_table("agentpost_pruned_totals")
     op.create_index("ix_agentpost_messages_status", "agentpost_messages", ["status"])
     op.drop_index("ix_agentpost_messages_finished", table_name="agentpost_messages")
