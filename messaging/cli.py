@@ -189,7 +189,8 @@ def db_prune(
             total = storage.prunable(engine, **windows)
         else:
             total = storage.Pruned()
-            while (pruned := storage.prune(engine, limit=batch, **windows)).messages:
+            lag_s = settings.rollup_lag_s
+            while (pruned := storage.prune(engine, limit=batch, lag_s=lag_s, **windows)).messages:
                 total += pruned
     when = datetime.fromtimestamp(before or 0, UTC).isoformat(timespec="seconds")
     verb = "would delete" if dry_run else "deleted"

@@ -61,7 +61,14 @@ from storage.repository import Inserted, NewMessage, Republish, insert_messages,
 from storage.retention import Pruned, prunable, prune
 from storage.schema import create_schema
 from storage.sql import ACTIVE_STATUSES
-from storage.stats import LATENCY_BOUNDS_S, AgentTotals, agent_totals
+from storage.stats import (
+    LATENCY_BOUNDS_S,
+    ROLLUP_LAG_S,
+    AgentTotals,
+    agent_totals,
+    fold,
+    folded_upto,
+)
 from storage.sweeps import (
     due_counts,
     due_rows,
@@ -88,6 +95,7 @@ from storage.tables import (
 __all__ = [
     "ACTIVE_STATUSES",
     "LATENCY_BOUNDS_S",
+    "ROLLUP_LAG_S",
     "SLOT_EARLY_S",
     "Agent",
     "AgentTotals",
@@ -139,6 +147,8 @@ __all__ = [
     "engine_for",
     "find_agent",
     "find_key",
+    "fold",
+    "folded_upto",
     "get_message",
     "has_store",
     "head_revision",

@@ -10,12 +10,13 @@ status again.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, delete, func, select
 
 from storage.sql import ATTEMPTS, MESSAGES
-from storage.stats import fold_pruned
+from storage.stats import ROLLUP_LAG_S, fold
 
 __all__ = ["Pruned", "prunable", "prune"]
 
@@ -42,14 +43,24 @@ def prune(
     delivered_before: float | None,
     dead_before: float | None,
     limit: int,
+    lag_s: float = ROLLUP_LAG_S,
 ) -> Pruned:
     """Delete up to ``limit`` delivered messages finished before ``delivered_before``, and
-    as many dead ones before ``dead_before`` (None: keep them all), with their attempts."""
+    as many dead ones before ``dead_before`` (None: keep them all), with their attempts.
+
+    Only what the counters have folded goes (``storage/stats.py``): the totals are
+    brought up to ``lag_s`` ago first, and nothing younger is deleted.
+    """
     pruned = Pruned()
+    folded = fold(engine, now=time.time(), lag_s=lag_s)
     for status, before in _windows(delivered_before, dead_before):
         batch = (
             select(MESSAGES.c.id)
-            .where(MESSAGES.c.status == status, MESSAGES.c.finished_at < before)
+            .where(
+                MESSAGES.c.status == status,
+                MESSAGES.c.finished_at < min(before, folded),
+                MESSAGES.c.created_at < folded,  # counted as sent already: folded too
+            )
             .order_by(MESSAGES.c.finished_at)
             .limit(limit)
         )
@@ -59,7 +70,6 @@ def prune(
             ids = list(conn.execute(batch).scalars())
             if not ids:
                 continue
-            fold_pruned(conn, ids)  # the counters keep what goes (storage/stats.py)
             attempts = conn.execute(delete(ATTEMPTS).where(ATTEMPTS.c.message_id.in_(ids)))
             messages = conn.execute(delete(MESSAGES).where(MESSAGES.c.id.in_(ids)))
         pruned += Pruned(messages.rowcount, attempts.rowcount)

@@ -9,12 +9,12 @@ from sqlalchemy.engine import Connection
 
 from storage.tables import (
     Agent,
+    AgentTotal,
     ApiKey,
     Attempt,
     AuditEntry,
     BrokerEpoch,
     Message,
-    PrunedTotal,
     RateBucket,
     RevokedSubject,
     Subscription,
@@ -25,13 +25,13 @@ from storage.tables import (
 __all__ = [
     "ACTIVE_STATUSES",
     "AGENTS",
+    "AGENT_TOTALS",
     "API_KEYS",
     "ATTEMPTS",
     "AUDIT",
     "BROKER_EPOCHS",
     "CLAIMABLE",
     "MESSAGES",
-    "PRUNED_TOTALS",
     "RATE_BUCKETS",
     "REVOKED_SUBJECTS",
     "SUBSCRIPTIONS",
@@ -44,11 +44,11 @@ __all__ = [
 MESSAGES = table_of(Message)
 ATTEMPTS = table_of(Attempt)
 AGENTS = table_of(Agent)
+AGENT_TOTALS = table_of(AgentTotal)
 SUBSCRIPTIONS = table_of(Subscription)
 API_KEYS = table_of(ApiKey)
 AUDIT = table_of(AuditEntry)
 BROKER_EPOCHS = table_of(BrokerEpoch)
-PRUNED_TOTALS = table_of(PrunedTotal)
 RATE_BUCKETS = table_of(RateBucket)
 REVOKED_SUBJECTS = table_of(RevokedSubject)
 SWEEP_JOURNAL = table_of(SweepJournal)

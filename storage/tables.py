@@ -14,12 +14,12 @@ from sqlmodel import Field, SQLModel
 
 __all__ = [
     "Agent",
+    "AgentTotal",
     "ApiKey",
     "Attempt",
     "AuditEntry",
     "BrokerEpoch",
     "Message",
-    "PrunedTotal",
     "RateBucket",
     "RevokedSubject",
     "Subscription",
@@ -61,7 +61,7 @@ class Message(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     attempts: int = 0
     redrives: int = 0
-    created_at: float
+    created_at: float = Field(index=True)  # the sent counter reads recent ones by it
     updated_at: float
     # When a task for this row should next be runnable; the sweeper republishes rows
     # that are overdue by more than its grace period.
@@ -93,7 +93,7 @@ class Attempt(SQLModel, table=True):
     redrive: int = 0
     worker: str | None = Field(default=None, max_length=255)
     started_at: float | None = None
-    ended_at: float
+    ended_at: float = Field(index=True)  # the attempts' counters read recent ones by it
     # delivered | retry | postponed | dead | lost
     outcome: str = Field(max_length=16)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -137,12 +137,12 @@ class Agent(SQLModel, table=True):
     circuit_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
-class PrunedTotal(SQLModel, table=True):
-    """What retention deleted, per agent and kind ("sent", "attempts:<outcome>",
-    "latency:count", "latency:sum", "latency:le:<bound>"): the metrics' counters add it,
-    so that deleting rows never makes them go down."""
+class AgentTotal(SQLModel, table=True):
+    """A counter of one agent's traffic before the watermark (``storage/stats.py``):
+    kind "sent", "attempts:<outcome>", "latency:count", "latency:sum" or
+    "latency:le:<bound>"; the watermark itself is the row ("", "folded_upto")."""
 
-    __tablename__ = "agentpost_pruned_totals"
+    __tablename__ = "agentpost_agent_totals"
 
     agent: str = Field(primary_key=True, max_length=64)
     kind: str = Field(primary_key=True, max_length=32)

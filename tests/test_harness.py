@@ -466,7 +466,9 @@ def test_a_publish_and_a_broadcast_carry_their_delivery_guarantee(harness: Harne
 
 def test_the_sweeper_deletes_what_finished_past_its_retention(tmp_path: Path) -> None:
     # Given delivered messages kept 0.2 s and dead ones for ever (0), one of each
-    settings = Settings(home=tmp_path, retain_delivered_s=0.2, retain_dead_s=0, prune_batch=1)
+    settings = Settings(
+        home=tmp_path, retain_delivered_s=0.2, retain_dead_s=0, prune_batch=1, rollup_lag_s=0.1
+    )
     with Harness(settings) as h:
         h.serve("h.echo", "h.rejecter")
         delivered = [h.client.send("h.echo", {"n": n}, sender="t").message_id for n in range(2)]

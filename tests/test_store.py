@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -188,8 +189,10 @@ DAY = 86400.0
 
 
 def _finish(engine: Engine, key: str, *, at: float, dead: bool = False) -> str:
-    """A message claimed and finished (delivered, or dead) at ``at``, one attempt each."""
-    message_id = stored_row(engine, key)
+    """A message sent a second before ``at``, claimed and finished (delivered, or dead)
+    then, with one attempt."""
+    [inserted] = storage.insert_messages(engine, [replace(new_row(key), created_at=at - 1)])
+    message_id = inserted.message_id
     claim = storage.claim(engine, message_id, worker="w", now=at, lease_s=10)
     assert claim is not None
     if dead:
@@ -211,6 +214,8 @@ def test_retention_deletes_finished_messages_past_their_window_with_their_attemp
     now = time.time()
     old = _finish(engine, "old", at=now - 8 * DAY)
     recent = _finish(engine, "recent", at=now - 2 * DAY)
+    # (and one sent and delivered a moment ago: younger than the counters' watermark)
+    just_now = _finish(engine, "just-now", at=now - 1)
     long_dead = _finish(engine, "long-dead", at=now - 40 * DAY, dead=True)
     dead = _finish(engine, "dead", at=now - 8 * DAY, dead=True)
     waiting = stored_row(engine, "waiting")
@@ -226,18 +231,19 @@ def test_retention_deletes_finished_messages_past_their_window_with_their_attemp
     assert storage.get_message(engine, old) is None
     assert storage.get_message(engine, long_dead) is None
     assert storage.attempts_of(engine, [old, long_dead]) == []
-    for kept in (recent, dead, waiting, running):
+    for kept in (recent, dead, waiting, running, just_now):
         assert storage.get_message(engine, kept) is not None
     assert len(storage.attempts_of(engine, [recent, dead])) == 2
     # And the metrics' counters did not go down: what went is kept in the pruned totals
     after = storage.agent_totals(engine, storage.LATENCY_BOUNDS_S)["b"]
-    assert (after.sent, after.attempts, after.latency_count) == (6, {"delivered": 2, "dead": 2}, 2)
+    assert (after.sent, after.attempts, after.latency_count) == (7, {"delivered": 3, "dead": 2}, 3)
     assert (after.sent, after.attempts, after.latency_buckets) == (
         before.sent,
         before.attempts,
         before.latency_buckets,
     )
-    assert after.by_status == {"delivered": 1, "dead": 1, "queued": 1, "running": 1}
+    # (delivered: ever, a counter; the other statuses: now)
+    assert after.by_status == {"delivered": 3, "dead": 1, "queued": 1, "running": 1}
     # And a pruned message's key is free again (the dedup window is the retention),
     # while a kept one's still answers with the first message
     [again] = storage.insert_messages(engine, [new_row("old")])

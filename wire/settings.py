@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         description="dead messages (expired included) are deleted this long after they "
         "died (0: kept for ever)",
     )
+    rollup_lag_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="the counters fold what happened before this long ago; no message "
+        "finished more recently is pruned (longer than hosts' clocks are apart)",
+    )
     prune_batch: int = Field(
         default=1000, gt=0, description="most messages of each status a sweep deletes"
     )

@@ -23,9 +23,9 @@ Every sweep, in this order:
 5. on the embedded broker, whose tasks are tokens for any due message of their
    receiver: as many tokens as the receiver has messages due for ``publish_grace_s``,
    counting those waiting;
-6. retention: at most ``prune_batch`` delivered messages finished more than
-   ``retain_delivered_s`` ago, and as many dead ones past ``retain_dead_s``, deleted
-   with their attempts (``storage/retention.py``).
+6. the counters' fold (``storage/stats.py``), then retention: at most ``prune_batch``
+   delivered messages finished more than ``retain_delivered_s`` ago, and as many dead
+   ones past ``retain_dead_s``, deleted with their attempts (``storage/retention.py``).
 
 One sweep runs at a time (``storage.sweep_lock``): two that overlap would judge the
 same rows from a state the other is changing. No message ever has more than two
@@ -115,14 +115,19 @@ def _sweep(app: AgentpostCelery, engine: Engine) -> SweepReport:
 
 
 def _prune(app: AgentpostCelery, engine: Engine, now: float) -> None:
-    """Retention: one bounded batch of each finished status past its window."""
+    """The counters' fold, then retention: one bounded batch of each finished status
+    past its window."""
     settings = app.settings
+    storage.fold(engine, now=now, lag_s=settings.rollup_lag_s)
     delivered, dead = settings.retain_delivered_s, settings.retain_dead_s
+    if not (delivered or dead):
+        return
     pruned = storage.prune(
         engine,
         delivered_before=now - delivered if delivered else None,
         dead_before=now - dead if dead else None,
         limit=settings.prune_batch,
+        lag_s=settings.rollup_lag_s,
     )
     if pruned.messages:
         log.info(

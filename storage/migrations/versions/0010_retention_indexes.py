@@ -1,5 +1,6 @@
-"""retention: finished messages found by (status, finished_at), the totals of what it
-deleted; the status index goes
+"""retention and counters without scans: finished messages by (status, finished_at),
+recent ones by created_at and attempts by ended_at, the agents' folded totals; the
+status index goes
 
 Revision ID: 0010
 Revises: 0009
@@ -27,9 +28,12 @@ def upgrade() -> None:
     )
     # (status, due_at) serves every query by status; this one only cost each update.
     op.drop_index("ix_agentpost_messages_status", table_name="agentpost_messages")
-    # What retention deleted, so that the metrics' counters never go down.
+    # The counters read what happened since the watermark by time.
+    op.create_index("ix_agentpost_messages_created_at", "agentpost_messages", ["created_at"])
+    op.create_index("ix_agentpost_attempts_ended_at", "agentpost_attempts", ["ended_at"])
+    # What happened before it, folded (storage/stats.py).
     op.create_table(
-        "agentpost_pruned_totals",
+        "agentpost_agent_totals",
         sa.Column("agent", sa.String(length=64), nullable=False),
         sa.Column("kind", sa.String(length=32), nullable=False),
         sa.Column("value", sa.Float(), nullable=False),
@@ -39,6 +43,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Downgrade schema."""
-    op.drop_table("agentpost_pruned_totals")
+    op.drop_table("agentpost_agent_totals")
+    op.drop_index("ix_agentpost_attempts_ended_at", table_name="agentpost_attempts")
+    op.drop_index("ix_agentpost_messages_created_at", table_name="agentpost_messages")
     op.create_index("ix_agentpost_messages_status", "agentpost_messages", ["status"])
     op.drop_index("ix_agentpost_messages_finished", table_name="agentpost_messages")
