@@ -169,10 +169,18 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         for client in world.clients:
             with contextlib.suppress(Exception):
                 client.close()
+        # All asked to stop at once (each warm shutdown takes seconds), then waited for;
+        # one that fails to stop must not leave the others running past the test.
         for worker in world.workers:
-            # One that fails to stop must not leave the others running past the test.
             with contextlib.suppress(Exception):
-                worker.stop()
+                if worker.proc.poll() is None:
+                    worker.proc.send_signal(signal.SIGTERM)
+        for worker in world.workers:
+            with contextlib.suppress(Exception):
+                try:
+                    worker.proc.wait(timeout=8)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
         for worker in world.workers:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(worker.proc.pid, signal.SIGKILL)  # pool children too
