@@ -91,9 +91,8 @@ def admit(core: Sender, spec: AgentSpec, message_id: str | None, now: float) -> 
     if rate is not None and spec.max_concurrency is not None:
         slot = storage.rate_slot(engine, message_id, spec.name, interval_s=1 / rate, now=now)
         if slot is not None and slot > now + storage.SLOT_EARLY_S:
-            if probe:
-                storage.release_probe(engine, spec.name, now=now)
-            return Admission(slot - now, f"rate limit {spec.rate_limit}", slot=slot)
+            reason = f"rate limit {spec.rate_limit}"
+            return Admission(slot - now, reason, slot=slot, probe=probe)
     return Admission(slot=slot, probe=probe, clean=clean)
 
 
@@ -110,11 +109,12 @@ def later(admission: Admission, slot: float, spec: AgentSpec, now: float) -> Adm
 def busy(admission: Admission, running: int) -> Admission:
     """The claim found the agent at its concurrency limit: hold, keeping any rate slot."""
     reason = f"max_concurrency reached ({running} running)"
-    return Admission(jittered(HOLD_S), reason, slot=admission.slot)
+    return Admission(jittered(HOLD_S), reason, slot=admission.slot, probe=admission.probe)
 
 
 def release(core: Sender, spec: AgentSpec, admission: Admission, now: float) -> None:
-    """The delivery did not run after all: a probe it took goes back."""
+    """The delivery did not run after all (held, or its message not claimable): a probe
+    it took goes back. Every path that does not run a claimed delivery calls this."""
     if admission.probe:
         storage.release_probe(core.engine, spec.name, now=now)
 
