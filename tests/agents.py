@@ -214,7 +214,7 @@ def metered(msg: Envelope, ctx: Context) -> None:
     _record(msg, ctx, "run")
 
 
-@agent("breaker", max_retries=20, backoff_s=0.05, circuit_after=3, circuit_cooldown_s=6)
+@agent("breaker", max_retries=20, backoff_s=0.05, circuit_after=3, circuit_cooldown_s=10)
 def breaker(msg: Envelope, ctx: Context) -> str:
     """Fails while the spool holds ``breaker-broken``."""
     broken = (_spool() / "breaker-broken").exists()
