@@ -28,10 +28,9 @@ from messaging import (
     Settings,
     agent,
 )
-from messaging.agents import get_agent
 from tests.conftest import publish_future_envelope
 from wire import dead_letter_queue, inbox_depths
-from worker import Harness, SweepReport, flow
+from worker import Harness, SweepReport
 
 # Every handler run, as (agent, message id, attempt): the harness runs them in this process.
 RUNS: list[tuple[str, str, int]] = []
@@ -507,13 +506,3 @@ def test_a_mailbox_declares_its_backlog_and_concurrency_limits(harness: Harness)
     first.ack()
     second = box.receive()
     assert second is not None and second.payload == {"n": 2}
-
-
-def test_a_held_delivery_keeps_its_probe_for_the_hold_to_give_back() -> None:
-    # A delivery that took its circuit's probe and is then held (the agent at its
-    # concurrency limit, or its rate slot later) carries the probe to the hold, which
-    # gives it back: left taken, the circuit would wait a whole lease for another probe.
-    probing = flow.Admission(probe=True)
-    assert flow.busy(probing, running=2).probe
-    spec = get_agent("h.metered")
-    assert spec is not None and flow.later(probing, 5.0, spec, 1.0).probe

@@ -91,8 +91,9 @@ def admit(core: Sender, spec: AgentSpec, message_id: str | None, now: float) -> 
     if rate is not None and spec.max_concurrency is not None:
         slot = storage.rate_slot(engine, message_id, spec.name, interval_s=1 / rate, now=now)
         if slot is not None and slot > now + storage.SLOT_EARLY_S:
-            reason = f"rate limit {spec.rate_limit}"
-            return Admission(slot - now, reason, slot=slot, probe=probe)
+            if probe:
+                storage.release_probe(engine, spec.name, now=now)
+            return Admission(slot - now, f"rate limit {spec.rate_limit}", slot=slot)
     return Admission(slot=slot, probe=probe, clean=clean)
 
 
@@ -109,12 +110,11 @@ def later(admission: Admission, slot: float, spec: AgentSpec, now: float) -> Adm
 def busy(admission: Admission, running: int) -> Admission:
     """The claim found the agent at its concurrency limit: hold, keeping any rate slot."""
     reason = f"max_concurrency reached ({running} running)"
-    return Admission(jittered(HOLD_S), reason, slot=admission.slot, probe=admission.probe)
+    return Admission(jittered(HOLD_S), reason, slot=admission.slot)
 
 
 def release(core: Sender, spec: AgentSpec, admission: Admission, now: float) -> None:
-    """The delivery did not run after all (held, or its message not claimable): a probe
-    it took goes back. Every path that does not run a claimed delivery calls this."""
+    """The delivery did not run after all: a probe it took goes back."""
     if admission.probe:
         storage.release_probe(core.engine, spec.name, now=now)
 
