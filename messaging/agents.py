@@ -59,8 +59,11 @@ class AgentSpec:
     rate_limit: str | None = None
     circuit_after: int | None = None
     circuit_cooldown_s: float = 30.0
-    # ``rate_limit`` in deliveries a second, parsed once when the agent is declared.
-    rate_per_s: float | None = None
+
+    @property
+    def rate_per_s(self) -> float | None:
+        """The rate limit in deliveries a second (None: none)."""
+        return None if self.rate_limit is None else parse_rate(self.rate_limit)
 
     def flow(self) -> storage.FlowLimits:
         """The flow limits as the registry stores them."""
@@ -194,10 +197,11 @@ def agent(
         raise ConfigurationError(
             f"agent {name!r}: max_concurrency must be >= 1, got {max_concurrency}"
         )
-    try:
-        rate_per_s = None if rate_limit is None else parse_rate(rate_limit)
-    except ValueError as exc:
-        raise ConfigurationError(f"agent {name!r}: {exc}") from None
+    if rate_limit is not None:
+        try:
+            parse_rate(rate_limit)
+        except ValueError as exc:
+            raise ConfigurationError(f"agent {name!r}: {exc}") from None
     if circuit_after is not None and circuit_after < 1:
         raise ConfigurationError(f"agent {name!r}: circuit_after must be >= 1, got {circuit_after}")
     if not circuit_cooldown_s > 0:
@@ -241,7 +245,6 @@ def agent(
             rate_limit,
             circuit_after,
             circuit_cooldown_s,
-            rate_per_s,
         )
         return handler
 

@@ -169,8 +169,6 @@ def db_prune(
     The sweeper does the same by itself (AGENTPOST_RETAIN_DELIVERED_S, _DEAD_S); this is
     for a window of your own. A pruned message's idempotency key is free again.
     """
-    import time
-
     import storage
     from messaging.cli_ops import parse_since
     from wire.boundary import store_errors
@@ -191,17 +189,8 @@ def db_prune(
             total = storage.prunable(engine, **windows)
         else:
             total = storage.Pruned()
-            folded = storage.fold(engine, now=time.time(), lag_s=settings.rollup_lag_s)
-            delivered_before, dead_before = windows["delivered_before"], windows["dead_before"]
-            while (
-                pruned := storage.prune(
-                    engine,
-                    delivered_before=delivered_before,
-                    dead_before=dead_before,
-                    limit=batch,
-                    folded=folded,
-                )
-            ).messages:
+            lag_s = settings.rollup_lag_s
+            while (pruned := storage.prune(engine, limit=batch, lag_s=lag_s, **windows)).messages:
                 total += pruned
     when = datetime.fromtimestamp(before or 0, UTC).isoformat(timespec="seconds")
     verb = "would delete" if dry_run else "deleted"

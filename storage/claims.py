@@ -15,18 +15,7 @@ from sqlalchemy.engine import Connection
 from storage import postgres
 from storage.sql import ATTEMPTS, CLAIMABLE, MESSAGES, claimable
 
-__all__ = [
-    "Claim",
-    "Taken",
-    "claim",
-    "claim_next",
-    "claim_next_on",
-    "claim_row_on",
-    "next_due",
-    "take",
-    "take_on",
-    "taken_of",
-]
+__all__ = ["Claim", "Taken", "claim", "claim_next", "claim_next_on", "claim_row_on", "take"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,40 +59,10 @@ def take(
     another agent's message claims nothing.
     """
     row = _claim_row(engine, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
-    return None if row is None else taken_of(message_id, row)
-
-
-def taken_of(message_id: str, row: Any) -> Taken:
-    """A claim's row (attempts, redrives, recovered_from, envelope, expires_at) as ``Taken``."""
+    if row is None:
+        return None
     claim_ = Claim(row.attempts, row.redrives, row.recovered_from)
     return Taken(message_id, claim_, row.envelope, row.expires_at)
-
-
-def take_on(
-    conn: Connection,
-    message_id: str | None,
-    receiver: str,
-    *,
-    worker: str,
-    now: float,
-    lease_s: float,
-) -> Taken | None:
-    """The portable ``take`` (``None``: the receiver's next due message) on ``conn``,
-    inside the caller's transaction."""
-    if message_id is None:
-        return claim_next_on(conn, receiver, worker=worker, now=now, lease_s=lease_s)
-    row = claim_row_on(conn, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
-    return None if row is None else taken_of(message_id, row)
-
-
-def next_due(receiver: str, now: float) -> Any:
-    """The id of the receiver's most urgent, then oldest, claimable message (a subquery)."""
-    return (
-        select(MESSAGES.c.id)
-        .where(MESSAGES.c.receiver == receiver, claimable(now))
-        .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
-        .limit(1)
-    )
 
 
 def _claim_row(
@@ -208,7 +167,12 @@ def claim_next_on(
     conn: Connection, receiver: str, *, worker: str, now: float, lease_s: float
 ) -> Taken | None:
     """``claim_next`` on ``conn``, inside the caller's transaction."""
-    candidate = next_due(receiver, now)
+    candidate = (
+        select(MESSAGES.c.id)
+        .where(MESSAGES.c.receiver == receiver, claimable(now))
+        .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
+        .limit(1)
+    )
     if conn.dialect.name == "postgresql":
         candidate = candidate.with_for_update(skip_locked=True)
     stmt = (
@@ -229,4 +193,5 @@ def claim_next_on(
         return None
     if row.recovered_from is not None:
         _record_lost(conn, row.id, row, now)
-    return taken_of(row.id, row)
+    claim_ = Claim(row.attempts, row.redrives, row.recovered_from)
+    return Taken(row.id, claim_, row.envelope, row.expires_at)

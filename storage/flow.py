@@ -25,8 +25,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, case, func, literal, select, update
 
 from storage import postgres
-from storage.claims import Taken, next_due, take_on, taken_of
-from storage.sql import AGENTS, CLAIMABLE, MESSAGES
+from storage.claims import Claim, Taken, claim_next_on, claim_row_on
+from storage.sql import AGENTS, CLAIMABLE, MESSAGES, claimable
 
 __all__ = [
     "Busy",
@@ -102,7 +102,8 @@ def take_limited(
         )
         if got.attempts is None:
             return Busy(int(got.running)) if got.running >= limit else None
-        return taken_of(message_id, got)
+        claim = Claim(got.attempts, got.redrives, got.recovered_from)
+        return Taken(message_id, claim, got.envelope, got.expires_at)
     with _begin(engine) as conn:
         if conn.dialect.name == "postgresql":
             # Claims of this agent queue here; the count below then sees every one
@@ -118,7 +119,13 @@ def take_limited(
         ).scalar_one()
         if running >= limit:
             return Busy(int(running))
-        return take_on(conn, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
+        if message_id is None:
+            return claim_next_on(conn, receiver, worker=worker, now=now, lease_s=lease_s)
+        row = claim_row_on(conn, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
+    if row is None:
+        return None
+    claim = Claim(row.attempts, row.redrives, row.recovered_from)
+    return Taken(message_id, claim, row.envelope, row.expires_at)
 
 
 def rate_slot(
@@ -164,13 +171,20 @@ def take_rated(
             lease_s=lease_s,
         )
         if got.attempts is not None:
-            return taken_of(message_id, got)
+            claim = Claim(got.attempts, got.redrives, got.recovered_from)
+            return Taken(message_id, claim, got.envelope, got.expires_at)
         return Later(got.slot) if got.slot is not None and got.slot > soon else None
     slot = rate_slot(engine, message_id, receiver, interval_s=interval_s, now=now)
     if slot is not None and slot > soon:
         return Later(slot)
     with _begin(engine) as conn:
-        return take_on(conn, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
+        if message_id is None:
+            return claim_next_on(conn, receiver, worker=worker, now=now, lease_s=lease_s)
+        row = claim_row_on(conn, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
+    if row is None:
+        return None
+    claim = Claim(row.attempts, row.redrives, row.recovered_from)
+    return Taken(message_id, claim, row.envelope, row.expires_at)
 
 
 def take_slot(engine: Engine, agent: str, *, interval_s: float, now: float) -> float:
@@ -226,7 +240,14 @@ def hold(
         values["slot_at"] = slot
     where = [MESSAGES.c.receiver == receiver, MESSAGES.c.status.in_(CLAIMABLE)]
     if message_id is None:
-        where.append(MESSAGES.c.id == next_due(receiver, now).scalar_subquery())
+        next_due = (
+            select(MESSAGES.c.id)
+            .where(MESSAGES.c.receiver == receiver, claimable(now))
+            .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        where.append(MESSAGES.c.id == next_due)
     else:
         where.append(MESSAGES.c.id == message_id)
     with _begin(engine) as conn:

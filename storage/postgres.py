@@ -41,31 +41,24 @@ _A = table_of(Attempt).name
 _AG = table_of(Agent).name
 LOST_ERROR = "worker lost: lease expired before the attempt finished"
 
-# What every claim sets, and the lost attempt it records when it took over an expired
-# lease (the CTE ``c`` is the claim's UPDATE): shared by the claims below.
-_CLAIM_SET = """
+_CLAIM = text(f"""
+WITH c AS (
+    UPDATE {_M} SET
         status = 'running',
         attempts = attempts + 1,
         lease_until = :lease_until,
         claimed_by = :worker,
         recovered_from = CASE WHEN status = 'running' THEN coalesce(claimed_by, '?') END,
-        updated_at = :now"""
-_CLAIMABLE = "(status IN ('queued', 'retrying') OR (status = 'running' AND lease_until < :now))"
-_RETURNING = "RETURNING attempts, redrives, recovered_from, envelope, expires_at"
-_LOST = f"""lost AS (
+        updated_at = :now
+    WHERE id = :id
+      AND receiver = coalesce(CAST(:receiver AS VARCHAR), receiver)
+      AND (status IN ('queued', 'retrying') OR (status = 'running' AND lease_until < :now))
+    RETURNING attempts, redrives, recovered_from, envelope, expires_at
+), lost AS (
     INSERT INTO {_A} (message_id, number, redrive, worker, ended_at, outcome, error)
     SELECT :id, attempts - 1, redrives, recovered_from, :now, 'lost', :lost_error
     FROM c WHERE recovered_from IS NOT NULL
-)"""
-
-_CLAIM = text(f"""
-WITH c AS (
-    UPDATE {_M} SET{_CLAIM_SET}
-    WHERE id = :id
-      AND receiver = coalesce(CAST(:receiver AS VARCHAR), receiver)
-      AND {_CLAIMABLE}
-    {_RETURNING}
-), {_LOST}
+)
 SELECT attempts, redrives, recovered_from, envelope, expires_at FROM c
 """)
 
@@ -304,14 +297,24 @@ WITH quick AS MATERIALIZED (
     WHERE name = :receiver AND NOT EXISTS (SELECT 1 FROM held)
     RETURNING rate_tat - :interval AS slot
 ), c AS (
-    UPDATE {_M} SET{_CLAIM_SET},
+    UPDATE {_M} SET
+        status = 'running',
+        attempts = attempts + 1,
+        lease_until = :lease_until,
+        claimed_by = :worker,
+        recovered_from = CASE WHEN status = 'running' THEN coalesce(claimed_by, '?') END,
+        updated_at = :now,
         slot_at = NULL
     WHERE id = :id
       AND receiver = :receiver
-      AND {_CLAIMABLE}
+      AND (status IN ('queued', 'retrying') OR (status = 'running' AND lease_until < :now))
       AND (EXISTS (SELECT 1 FROM held) OR coalesce((SELECT slot FROM taken), 0) <= :soon)
-    {_RETURNING}
-), {_LOST}
+    RETURNING attempts, redrives, recovered_from, envelope, expires_at
+), lost AS (
+    INSERT INTO {_A} (message_id, number, redrive, worker, ended_at, outcome, error)
+    SELECT :id, attempts - 1, redrives, recovered_from, :now, 'lost', :lost_error
+    FROM c WHERE recovered_from IS NOT NULL
+)
 SELECT (SELECT slot FROM taken) AS slot, quick,
        c.attempts, c.redrives, c.recovered_from, c.envelope, c.expires_at
 FROM quick LEFT JOIN c ON true

@@ -44,18 +44,15 @@ def prune(
     dead_before: float | None,
     limit: int,
     lag_s: float = ROLLUP_LAG_S,
-    folded: float | None = None,
 ) -> Pruned:
     """Delete up to ``limit`` delivered messages finished before ``delivered_before``, and
     as many dead ones before ``dead_before`` (None: keep them all), with their attempts.
 
     Only what the counters have folded goes (``storage/stats.py``): the totals are
-    brought up to ``lag_s`` ago first (unless the caller just did: ``folded``, the
-    watermark ``fold`` returned), and nothing younger is deleted.
+    brought up to ``lag_s`` ago first, and nothing younger is deleted.
     """
     pruned = Pruned()
-    if folded is None:
-        folded = fold(engine, now=time.time(), lag_s=lag_s)
+    folded = fold(engine, now=time.time(), lag_s=lag_s)
     for status, before in _windows(delivered_before, dead_before):
         batch = (
             select(MESSAGES.c.id)

@@ -75,7 +75,7 @@ def agent_totals(engine: Engine, bounds_s: Sequence[float]) -> dict[str, AgentTo
         current = _current(conn)
 
     def of(agent: str) -> AgentTotals:
-        return _of(totals, agent, len(bounds_s))
+        return totals.setdefault(agent, AgentTotals(latency_buckets=[0] * len(bounds_s)))
 
     buckets = {_bucket_kind(bound): n for n, bound in enumerate(bounds_s)}
     for agent, kind, value in folded:
@@ -178,11 +178,6 @@ def _mark(conn: Connection) -> float:
     return 0.0 if value is None else float(value)
 
 
-def _of(totals: dict[str, AgentTotals], agent: str, buckets: int) -> AgentTotals:
-    """The agent's totals in ``totals``, made empty on first use."""
-    return totals.setdefault(agent, AgentTotals(latency_buckets=[0] * buckets))
-
-
 def _bucket_kind(bound: float) -> str:
     return f"latency:le:{float(bound)!r}"
 
@@ -194,7 +189,7 @@ def _live(
     totals: dict[str, AgentTotals] = {}
 
     def of(agent: str) -> AgentTotals:
-        return _of(totals, agent, len(bounds_s))
+        return totals.setdefault(agent, AgentTotals(latency_buckets=[0] * len(bounds_s)))
 
     def between(column: Any) -> list[Any]:
         return [column >= since] + ([] if until is None else [column < until])

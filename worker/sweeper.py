@@ -118,7 +118,7 @@ def _prune(app: AgentpostCelery, engine: Engine, now: float) -> None:
     """The counters' fold, then retention: one bounded batch of each finished status
     past its window."""
     settings = app.settings
-    folded = storage.fold(engine, now=now, lag_s=settings.rollup_lag_s)
+    storage.fold(engine, now=now, lag_s=settings.rollup_lag_s)
     delivered, dead = settings.retain_delivered_s, settings.retain_dead_s
     if not (delivered or dead):
         return
@@ -127,7 +127,7 @@ def _prune(app: AgentpostCelery, engine: Engine, now: float) -> None:
         delivered_before=now - delivered if delivered else None,
         dead_before=now - dead if dead else None,
         limit=settings.prune_batch,
-        folded=folded,
+        lag_s=settings.rollup_lag_s,
     )
     if pruned.messages:
         log.info(
