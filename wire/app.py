@@ -91,6 +91,10 @@ def create_app(settings: Settings | None = None) -> AgentpostCelery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # Where the transport has no event loop (the embedded broker), an ETA timer
+        # thread sleeps up to this long before it sees a sooner entry: Celery's 1 s made
+        # held and retried deliveries start up to 1 s late, then together.
+        worker_timer_precision=0.05,
         # Off by default, as in Celery: events are three publishes a delivery and one a
         # send. A running Flower turns the workers' task events on every 5 s.
         worker_send_task_events=settings.task_events,
