@@ -13,7 +13,7 @@ from sqlalchemy import Engine, and_, case, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from storage import postgres
-from storage.sql import ATTEMPTS, CLAIMABLE, MESSAGES, claimable
+from storage.sql import ATTEMPTS, MESSAGES, claimable, status_is, waiting
 
 __all__ = ["Claim", "Taken", "claim", "claim_next", "claim_next_on", "claim_row_on", "take"]
 
@@ -95,8 +95,8 @@ def claim_row_on(
     where = [
         MESSAGES.c.id == message_id,
         or_(
-            MESSAGES.c.status.in_(CLAIMABLE),
-            and_(MESSAGES.c.status == "running", MESSAGES.c.lease_until < now),
+            waiting(),
+            and_(status_is("running"), MESSAGES.c.lease_until < now),
         ),
     ]
     if receiver is not None:
@@ -128,7 +128,7 @@ def _claim_values(worker: str, now: float, lease_s: float) -> dict[str, Any]:
         "lease_until": now + lease_s,
         "claimed_by": worker,
         "recovered_from": case(
-            (MESSAGES.c.status == "running", func.coalesce(MESSAGES.c.claimed_by, "?")),
+            (status_is("running"), func.coalesce(MESSAGES.c.claimed_by, "?")),
             else_=None,
         ),
         "updated_at": now,

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from storage import postgres
 from storage.claims import Claim
-from storage.sql import ACTIVE_STATUSES, ATTEMPTS, MESSAGES, fenced
+from storage.sql import ACTIVE_STATUSES, ATTEMPTS, MESSAGES, fenced, status_is
 
 __all__ = ["Delivered", "complete", "complete_many", "mark_dead", "schedule_retry"]
 
@@ -228,7 +228,7 @@ def mark_dead(
     with engine.begin() as conn:
         changed = conn.execute(
             update(MESSAGES)
-            .where(MESSAGES.c.id == message_id, MESSAGES.c.status.in_(ACTIVE_STATUSES))
+            .where(MESSAGES.c.id == message_id, status_is(*ACTIVE_STATUSES))
             .values(updated_at=now, lease_until=None, **values)
         ).rowcount
     return bool(changed)

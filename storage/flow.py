@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, case, func, literal, select, update
 
 from storage import postgres
 from storage.claims import Claim, Taken, claim_next_on, claim_row_on
-from storage.sql import AGENTS, CLAIMABLE, MESSAGES, claimable
+from storage.sql import AGENTS, MESSAGES, claimable, status_is, waiting
 
 __all__ = [
     "Busy",
@@ -113,7 +113,7 @@ def take_limited(
         running = conn.execute(
             select(func.count()).where(
                 MESSAGES.c.receiver == receiver,
-                MESSAGES.c.status == "running",
+                status_is("running"),
                 MESSAGES.c.lease_until >= now,
             )
         ).scalar_one()
@@ -207,7 +207,7 @@ def use_slot(engine: Engine, message_id: str | None, receiver: str, *, now: floa
     holds, to run on it; False if it holds none that is due."""
     where = [
         MESSAGES.c.receiver == receiver,
-        MESSAGES.c.status.in_(CLAIMABLE),
+        waiting(),
         MESSAGES.c.slot_at <= now + SLOT_EARLY_S,
     ]
     if message_id is None:
@@ -238,7 +238,7 @@ def hold(
     }
     if slot is not None:
         values["slot_at"] = slot
-    where = [MESSAGES.c.receiver == receiver, MESSAGES.c.status.in_(CLAIMABLE)]
+    where = [MESSAGES.c.receiver == receiver, waiting()]
     if message_id is None:
         next_due = (
             select(MESSAGES.c.id)

@@ -14,6 +14,7 @@ from storage.sql import (
     ATTEMPTS,
     MESSAGES,
     claimable,
+    finished,
 )
 from storage.stats import current_counts
 from storage.tables import Attempt, Message
@@ -101,7 +102,7 @@ def dead_letters(
     limit: int = 100,
 ) -> list[Message]:
     """Dead messages, newest first, optionally filtered."""
-    stmt = select(MESSAGES).where(MESSAGES.c.status == "dead")
+    stmt = select(MESSAGES).where(finished("dead"))
     if receiver is not None:
         stmt = stmt.where(MESSAGES.c.receiver == receiver)
     if reason is not None:

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.engine import Connection
 
 from storage import postgres
-from storage.sql import ATTEMPTS, MESSAGES, dialect_insert
+from storage.sql import ATTEMPTS, MESSAGES, dialect_insert, status_is
 
 __all__ = ["Inserted", "NewMessage", "Republish", "insert_messages", "purge", "redrive"]
 
@@ -144,7 +144,7 @@ def redrive(engine: Engine, message_id: str, *, now: float) -> Republish | None:
     with engine.begin() as conn:
         row = conn.execute(
             update(MESSAGES)
-            .where(MESSAGES.c.id == message_id, MESSAGES.c.status == "dead")
+            .where(MESSAGES.c.id == message_id, status_is("dead"))
             .values(
                 status="queued",
                 attempts=0,
@@ -169,13 +169,9 @@ def purge(engine: Engine, message_ids: Sequence[str]) -> int:
     if not message_ids:
         return 0
     with engine.begin() as conn:
-        dead = select(MESSAGES.c.id).where(
-            MESSAGES.c.id.in_(list(message_ids)), MESSAGES.c.status == "dead"
-        )
+        dead = select(MESSAGES.c.id).where(MESSAGES.c.id.in_(list(message_ids)), status_is("dead"))
         conn.execute(ATTEMPTS.delete().where(ATTEMPTS.c.message_id.in_(dead)))
         removed = conn.execute(
-            MESSAGES.delete().where(
-                MESSAGES.c.id.in_(list(message_ids)), MESSAGES.c.status == "dead"
-            )
+            MESSAGES.delete().where(MESSAGES.c.id.in_(list(message_ids)), status_is("dead"))
         ).rowcount
     return int(removed)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, delete, func, select
 
-from storage.sql import ATTEMPTS, MESSAGES
+from storage.sql import ATTEMPTS, MESSAGES, finished
 from storage.stats import ROLLUP_LAG_S, fold
 
 __all__ = ["Pruned", "prunable", "prune"]
@@ -57,7 +57,7 @@ def prune(
         batch = (
             select(MESSAGES.c.id)
             .where(
-                MESSAGES.c.status == status,
+                finished(status),
                 MESSAGES.c.finished_at < min(before, folded),
                 MESSAGES.c.created_at < folded,  # counted as sent already: folded too
             )
@@ -83,7 +83,7 @@ def prunable(
     pruned = Pruned()
     with engine.connect() as conn:
         for status, before in _windows(delivered_before, dead_before):
-            old = (MESSAGES.c.status == status, MESSAGES.c.finished_at < before)
+            old = (finished(status), MESSAGES.c.finished_at < before)
             messages = conn.execute(select(func.count()).where(*old)).scalar_one()
             ids = select(MESSAGES.c.id).where(*old)
             attempts = conn.execute(

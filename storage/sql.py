@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, literal_column, or_
 from sqlalchemy.engine import Connection
 
 from storage.tables import (
@@ -31,6 +31,7 @@ __all__ = [
     "AUDIT",
     "BROKER_EPOCHS",
     "CLAIMABLE",
+    "FINISHED",
     "MESSAGES",
     "RATE_BUCKETS",
     "REVOKED_SUBJECTS",
@@ -39,6 +40,9 @@ __all__ = [
     "claimable",
     "dialect_insert",
     "fenced",
+    "finished",
+    "status_is",
+    "waiting",
 ]
 
 MESSAGES = table_of(Message)
@@ -55,6 +59,8 @@ SWEEP_JOURNAL = table_of(SweepJournal)
 
 ACTIVE_STATUSES = ("queued", "running", "retrying")
 CLAIMABLE = ("queued", "retrying")
+FINISHED = ("delivered", "dead")
+_STATUSES = frozenset({*ACTIVE_STATUSES, *FINISHED})
 
 
 def dialect_insert(conn: Connection) -> Any:
@@ -71,11 +77,34 @@ def dialect_insert(conn: Connection) -> Any:
     raise NotImplementedError(f"unsupported database dialect {conn.dialect.name!r}")
 
 
+def status_is(*statuses: str) -> Any:
+    """``status`` tested against literals: SQLite uses a partial index only for the
+    very test its predicate writes, and PostgreSQL's generic plan of a prepared
+    statement cannot prove a predicate from parameters."""
+    unknown = set(statuses) - _STATUSES
+    if unknown or not statuses:
+        raise ValueError(f"unknown message status {sorted(unknown)}")
+    values: list[Any] = [literal_column(f"'{status}'") for status in statuses]
+    return MESSAGES.c.status == values[0] if len(values) == 1 else MESSAGES.c.status.in_(values)
+
+
+def waiting() -> Any:
+    """Queued and retrying rows: the predicate of the waiting indexes (``WAITING_SQL``)."""
+    return status_is(*CLAIMABLE)
+
+
+def finished(status: str | None = None) -> Any:
+    """Finished rows (of ``status``): the finished index's predicate (``FINISHED_SQL``)
+    written out whole, as SQLite's planner needs it, then narrowed."""
+    test = status_is(*FINISHED)
+    return test if status is None else and_(test, status_is(status))
+
+
 def fenced(message_id: str, attempt: int) -> Any:
     """The row, only while this attempt still owns it (a takeover bumps ``attempts``)."""
     return and_(
         MESSAGES.c.id == message_id,
-        MESSAGES.c.status == "running",
+        status_is("running"),
         MESSAGES.c.attempts == attempt,
     )
 
@@ -83,6 +112,6 @@ def fenced(message_id: str, attempt: int) -> Any:
 def claimable(now: float) -> Any:
     """Due queued/retrying rows, and running rows whose lease expired."""
     return or_(
-        and_(MESSAGES.c.status.in_(CLAIMABLE), MESSAGES.c.due_at <= now),
-        and_(MESSAGES.c.status == "running", MESSAGES.c.lease_until < now),
+        and_(waiting(), MESSAGES.c.due_at <= now),
+        and_(status_is("running"), MESSAGES.c.lease_until < now),
     )

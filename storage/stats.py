@@ -9,12 +9,13 @@ are kept in two parts that never overlap:
   watermark to ``ROLLUP_LAG_S`` ago: a row is stamped when its event happens and
   written within seconds, so nothing is folded before it is there to be counted;
 - what happened since, read live, by time, through indexes on ``created_at``,
-  ``(status, finished_at)`` and the attempts' ``ended_at``.
+  the finished rows' ``(status, finished_at)`` and the attempts' ``ended_at``.
 
 A reader reads both in one snapshot, so a fold between its statements can neither
 count a row twice nor miss it, and retention deletes only folded rows: the counters
 never go down. The gauges (messages queued, running, retrying, dead now) are counted
-through the ``(status, due_at)`` index: as many rows as are on their way or dead.
+through the partial indexes of those statuses: as many rows as are on their way or
+dead, the dead ones from their index alone.
 """
 
 from __future__ import annotations
@@ -24,9 +25,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, func, select, update
+from sqlalchemy import Connection, Engine, case, func, literal, select, union_all, update
 
-from storage.sql import AGENT_TOTALS, ATTEMPTS, MESSAGES, dialect_insert
+from storage.sql import (
+    AGENT_TOTALS,
+    ATTEMPTS,
+    MESSAGES,
+    dialect_insert,
+    finished,
+    status_is,
+    waiting,
+)
 
 __all__ = [
     "LATENCY_BOUNDS_S",
@@ -45,8 +54,6 @@ LATENCY_BOUNDS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 # than any row takes to be written after the moment it records (a batched completion,
 # an exactly-once commit, hosts' clocks apart).
 ROLLUP_LAG_S = 300.0
-# Statuses counted as they are now (the gauges); "delivered" is the counter instead.
-CURRENT_STATUSES = ("queued", "running", "retrying", "dead")
 _MARK = ("", "folded_upto")  # the watermark's row: (agent, kind)
 
 
@@ -213,7 +220,7 @@ def _live(
             func.coalesce(func.sum(latency), 0.0),
             *(func.sum(case((latency <= bound, 1), else_=0)) for bound in bounds_s),
         )
-        .where(MESSAGES.c.status == "delivered", *between(MESSAGES.c.finished_at))
+        .where(finished("delivered"), *between(MESSAGES.c.finished_at))
         .group_by(MESSAGES.c.receiver)
     )
     for agent, count in conn.execute(sent):
@@ -229,10 +236,20 @@ def _live(
 
 def _current(conn: Connection) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
+    # One count per partial index (waiting, running, dead): the dead ones are counted
+    # from their index alone, and none of it reads a finished row.
     rows = conn.execute(
-        select(MESSAGES.c.receiver, MESSAGES.c.status, func.count())
-        .where(MESSAGES.c.status.in_(CURRENT_STATUSES))
-        .group_by(MESSAGES.c.receiver, MESSAGES.c.status)
+        union_all(
+            select(MESSAGES.c.receiver, MESSAGES.c.status, func.count())
+            .where(waiting())
+            .group_by(MESSAGES.c.receiver, MESSAGES.c.status),
+            *(
+                select(MESSAGES.c.receiver, literal(status), func.count())
+                .where(status_is(status))
+                .group_by(MESSAGES.c.receiver)
+                for status in ("running", "dead")
+            ),
+        )
     )
     for agent, status, count in rows:
         counts.setdefault(agent, {})[status] = int(count)

@@ -15,16 +15,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, func, or_, select, update
 
 from storage import postgres
 from storage.repository import Republish
 from storage.sql import (
     AGENTS,
     ATTEMPTS,
-    CLAIMABLE,
     MESSAGES,
     fenced,
+    status_is,
+    waiting,
 )
 
 __all__ = [
@@ -78,7 +79,7 @@ def unspare(engine: Engine, message_ids: Iterable[str]) -> None:
 def _unmark(engine: Engine, message_ids: Iterable[str], *where: Any, **values: None) -> None:
     ids = list(message_ids)
     with engine.begin() as conn:
-        _update_ids(conn, ids, values, MESSAGES.c.status.in_(CLAIMABLE), *where)
+        _update_ids(conn, ids, values, waiting(), *where)
 
 
 def recover_expired(engine: Engine, *, now: float) -> list[Republish]:
@@ -91,7 +92,7 @@ def recover_expired(engine: Engine, *, now: float) -> list[Republish]:
                 MESSAGES.c.redrives,
                 MESSAGES.c.claimed_by,
             ).where(
-                MESSAGES.c.status == "running",
+                status_is("running"),
                 MESSAGES.c.lease_until < now,
                 _served_by_workers(),
             )
@@ -197,28 +198,31 @@ def republish_lost(
     where = [MESSAGES.c.receiver == receiver] if receiver is not None else []
     by_receiver = (MESSAGES.c.receiver, func.count())
     with engine.begin() as conn:
-        waiting = conn.execute(
+        waiting_rows = conn.execute(
             select(*by_receiver)
-            .where(MESSAGES.c.status.in_(CLAIMABLE), _served_by_workers(), *where)
+            .where(waiting(), _served_by_workers(), *where)
             .group_by(MESSAGES.c.receiver)
         ).all()
         claimed_since = conn.execute(
             select(*by_receiver)
             .where(
-                MESSAGES.c.status.not_in(CLAIMABLE),
-                MESSAGES.c.updated_at >= counted_at,
+                # Running or finished since: each through its partial index.
+                or_(
+                    and_(status_is("running"), MESSAGES.c.updated_at >= counted_at),
+                    and_(status_is("delivered", "dead"), MESSAGES.c.finished_at >= counted_at),
+                ),
                 *where,
             )
             .group_by(MESSAGES.c.receiver)
         ).all()
         moved = {str(name): int(count) for name, count in claimed_since}
         rows: list[Any] = []
-        for name, count in waiting:
+        for name, count in waiting_rows:
             held = max(0, (in_broker.get(name) or 0) - moved.get(name, 0))
             if count > held:
                 rows += conn.execute(
                     select(*_REPUBLISH)
-                    .where(MESSAGES.c.status.in_(CLAIMABLE), MESSAGES.c.receiver == name)
+                    .where(waiting(), MESSAGES.c.receiver == name)
                     .order_by(func.coalesce(MESSAGES.c.handed_at, 0), MESSAGES.c.due_at)
                     .limit(count - held)
                 ).all()
@@ -231,7 +235,7 @@ def due_counts(engine: Engine, *, now: float) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(
             select(MESSAGES.c.receiver, func.count())
-            .where(MESSAGES.c.status.in_(CLAIMABLE), MESSAGES.c.due_at <= now, _served_by_workers())
+            .where(waiting(), MESSAGES.c.due_at <= now, _served_by_workers())
             .group_by(MESSAGES.c.receiver)
         ).all()
     return {receiver: int(count) for receiver, count in rows}
@@ -244,7 +248,7 @@ def due_rows(engine: Engine, receiver: str, *, now: float, limit: int) -> list[R
             select(*_REPUBLISH)
             .where(
                 MESSAGES.c.receiver == receiver,
-                MESSAGES.c.status.in_(CLAIMABLE),
+                waiting(),
                 MESSAGES.c.due_at <= now,
             )
             .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
@@ -259,7 +263,7 @@ def _take(
     with engine.begin() as conn:
         query = (
             select(*_REPUBLISH)
-            .where(MESSAGES.c.status.in_(CLAIMABLE), _served_by_workers(), *where)
+            .where(waiting(), _served_by_workers(), *where)
             .order_by(MESSAGES.c.due_at)
         )
         rows = conn.execute(query if limit is None else query.limit(limit)).all()

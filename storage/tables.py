@@ -13,6 +13,8 @@ from sqlalchemy import Table as SATable
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "FINISHED_SQL",
+    "WAITING_SQL",
     "Agent",
     "AgentTotal",
     "ApiKey",
@@ -28,21 +30,32 @@ __all__ = [
 ]
 
 
+# The predicates of the partial indexes, as SQL. A query uses such an index only when
+# it tests status with the same literals (storage.sql.status_is), not parameters.
+WAITING_SQL = "status IN ('queued', 'retrying')"
+FINISHED_SQL = "status IN ('delivered', 'dead')"
+
+
+def _partial(name: str, where: str, *columns: str) -> Index:
+    return Index(name, *columns, postgresql_where=text(where), sqlite_where=text(where))
+
+
 class Message(SQLModel, table=True):
     """One accepted message and where it is on its path."""
 
     __tablename__ = "agentpost_messages"
+    # Partial indexes: a row is in the index of the status it is in, so an update that
+    # moves it on touches only the next one, and no read walks finished history.
     __table_args__ = (
-        Index("ix_agentpost_messages_status_due", "status", "due_at"),
-        # Retention takes the oldest finished messages of a status first.
-        Index("ix_agentpost_messages_finished", "status", "finished_at"),
-        # The running handlers of an agent (a claim under max_concurrency counts them).
-        Index(
-            "ix_agentpost_messages_running",
-            "receiver",
-            postgresql_where=text("status = 'running'"),
-            sqlite_where=text("status = 'running'"),
-        ),
+        # Claims, mailbox receive and peek: a receiver's waiting rows; sweeps: overdue ones.
+        _partial("ix_agentpost_messages_waiting", WAITING_SQL, "receiver", "due_at"),
+        _partial("ix_agentpost_messages_due", WAITING_SQL, "due_at"),
+        # A claim under max_concurrency counts an agent's running handlers.
+        _partial("ix_agentpost_messages_running", "status = 'running'", "receiver"),
+        # Retention, the counters and the dead-letter list take finished rows by time.
+        _partial("ix_agentpost_messages_finished", FINISHED_SQL, "status", "finished_at"),
+        # The dead gauge counts an agent's dead letters from the index alone.
+        _partial("ix_agentpost_messages_dead", "status = 'dead'", "receiver"),
     )
 
     id: str = Field(primary_key=True, max_length=36)
@@ -50,7 +63,7 @@ class Message(SQLModel, table=True):
     correlation_id: str = Field(max_length=255, index=True)
     parent_id: str | None = Field(default=None, max_length=36, index=True)
     sender: str = Field(max_length=64)
-    receiver: str = Field(max_length=64, index=True)
+    receiver: str = Field(max_length=64)
     priority: int = 5
     # queued | running | retrying | delivered | dead
     status: str = Field(max_length=16)

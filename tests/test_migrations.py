@@ -93,13 +93,14 @@ def test_a_store_behind_is_refused_with_the_command_that_fixes_it(
 def test_a_store_with_messages_upgrades_in_place_to_flow_control_and_retention(
     database_url: str,
 ) -> None:
-    # Given a store at 0008 (before flow control and retention) holding messages: one
-    # delivered long ago with its attempt, one waiting, and a registered agent
+    # Given a store at 0008 (before flow control, retention and the partial indexes)
+    # holding messages: one delivered long ago with its attempt, one waiting, one dead,
+    # and a registered agent
     engine = storage.engine_for(database_url)
     storage.upgrade(engine, "0008")
-    old, waiting = str(uuid.uuid4()), str(uuid.uuid4())
+    old, waiting, dead = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     with engine.begin() as conn:
-        rows = ((old, "delivered", 1, 1.0), (waiting, "queued", 0, None))
+        rows = ((old, "delivered", 1, 1.0), (waiting, "queued", 0, None), (dead, "dead", 1, 5.0))
         for message_id, status, attempts, finished in rows:
             conn.execute(
                 text(
@@ -125,8 +126,12 @@ def test_a_store_with_messages_upgrades_in_place_to_flow_control_and_retention(
         )
     # When it is upgraded to the head
     assert storage.upgrade(engine) == storage.head_revision()
-    # Then its rows are all there, the agent has no limits and a closed circuit, and
+    # Then its rows are all there, found through the new indexes (the gauges, the
+    # backlog, the dead letters), the agent has no limits and a closed circuit, and
     # the new statements work on them: retention, a rate slot, a limited claim
+    assert storage.status_counts(engine) == {"b": {"queued": 1, "dead": 1, "delivered": 1}}
+    assert storage.backlog(engine, "b") == 1
+    assert [m.id for m in storage.dead_letters(engine, receiver="b")] == [dead]
     assert [a.name for a in storage.list_agents(engine)] == ["b"]
     row = storage.find_agent(engine, "b")
     assert row is not None and (row.max_concurrency, row.circuit_state) == (None, None)
