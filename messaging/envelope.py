@@ -7,12 +7,10 @@ major instead of guessing: workers dead-letter such a message as ``invalid``.
 
 from __future__ import annotations
 
-import os
 import re
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeAlias
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from pydantic import (
     AfterValidator,
@@ -110,17 +108,6 @@ AgentName = Annotated[
 Text = Annotated[str, AfterValidator(_text)]
 
 
-def time_ordered_id() -> UUID:
-    """A UUIDv7 (RFC 9562; ``uuid.uuid7`` from Python 3.14): 48 bits of milliseconds,
-    then 74 random. A new message's id, and by default its correlation id and
-    idempotency key, then sorts after the ids before it, so each of those key indexes
-    takes inserts at one end instead of at random pages all over a large table."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = value & ~(0xF << 76) | 0x7 << 76  # the version, 7
-    value = value & ~(0x3 << 62) | 0x2 << 62  # the variant, RFC 9562
-    return UUID(int=value)
-
-
 class Envelope(BaseModel):
     """One message from ``sender`` to ``receiver``.
 
@@ -131,7 +118,7 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: UUID = Field(default_factory=time_ordered_id)
+    id: UUID = Field(default_factory=uuid4)
     sender: AgentName
     receiver: AgentName
     payload: Any = None  # strict JSON: checked (and encoded, once) by _encode_payload
