@@ -104,7 +104,8 @@ def test_short_ids_exit_codes_and_an_interrupted_request(
     # Ctrl-C on a waiting request exits 130 and prints the id it sent
     waiting = subprocess.Popen(
         [*AGENTPOST, "request", "echo", '{"q": 2}', "--timeout", "120"],
-        env={**os.environ, **backend.env},
+        # A SIGABRT then prints every thread's stack, should it hang on its way out
+        env={**os.environ, **backend.env, "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -116,7 +117,12 @@ def test_short_ids_exit_codes_and_an_interrupted_request(
 
     wait_for(lambda: stored(2), 60, "the second request to be stored")
     waiting.send_signal(signal.SIGINT)
-    _, said = waiting.communicate(timeout=30)
+    try:
+        _, said = waiting.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        waiting.send_signal(signal.SIGABRT)
+        _, stacks = waiting.communicate(timeout=30)
+        pytest.fail(f"agentpost request still running 30 s after Ctrl-C:\n{stacks}")
     assert waiting.returncode == 130 and "agentpost status" in said, said
     # (a Ctrl-C that lands inside the send says it may not be stored; here it is)
     interrupted = re.search(r"interrupted: (\S+) was", said)
