@@ -55,6 +55,9 @@ LATENCY_BOUNDS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
 # an exactly-once commit, hosts' clocks apart).
 ROLLUP_LAG_S = 300.0
 _MARK = ("", "folded_upto")  # the watermark's row: (agent, kind)
+# The folded kind that counts delivered messages: the latency histogram's count, which
+# agent_totals reads with the rest and current_counts reads alone.
+_DELIVERED = "latency:count"
 
 
 @dataclass(slots=True)
@@ -92,7 +95,7 @@ def agent_totals(engine: Engine, bounds_s: Sequence[float]) -> dict[str, AgentTo
         elif kind.startswith("attempts:"):
             outcome = kind.removeprefix("attempts:")
             row.attempts[outcome] = row.attempts.get(outcome, 0) + int(value)
-        elif kind == "latency:count":
+        elif kind == _DELIVERED:
             row.latency_count += int(value)
         elif kind == "latency:sum":
             row.latency_sum_s += float(value)
@@ -115,7 +118,7 @@ def current_counts(engine: Engine) -> dict[str, dict[str, int]]:
         upto = _mark(conn)
         folded = conn.execute(
             select(AGENT_TOTALS.c.agent, AGENT_TOTALS.c.value).where(
-                AGENT_TOTALS.c.kind == "latency:count"
+                AGENT_TOTALS.c.kind == _DELIVERED
             )
         ).all()
         recent = conn.execute(
@@ -165,7 +168,7 @@ def fold(engine: Engine, *, now: float, lag_s: float = ROLLUP_LAG_S) -> float:
             kinds: dict[str, float] = {"sent": row.sent}
             kinds |= {f"attempts:{outcome}": n for outcome, n in row.attempts.items()}
             if row.latency_count:
-                kinds |= {"latency:count": row.latency_count, "latency:sum": row.latency_sum_s}
+                kinds |= {_DELIVERED: row.latency_count, "latency:sum": row.latency_sum_s}
                 pairs = zip(LATENCY_BOUNDS_S, row.latency_buckets, strict=True)
                 kinds |= {_bucket_kind(bound): n for bound, n in pairs}
             folded |= {(agent, kind): value for kind, value in kinds.items() if value}
