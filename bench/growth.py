@@ -76,9 +76,9 @@ SELECT md5(n::text || 'm')::uuid::text, 'k' || n, md5((n / 4)::text)::uuid::text
 FROM generate_series(1, :rows) AS n
 """
 _FILL_ATTEMPTS = """
-INSERT INTO agentpost_attempts (message_id, number, redrive, worker, started_at, ended_at,
-    outcome, error)
-SELECT id, 1, 0, 'host:1', created_at, finished_at,
+INSERT INTO agentpost_attempts (message_id, receiver, number, redrive, worker, started_at,
+    ended_at, outcome, error)
+SELECT id, receiver, 1, 0, 'host:1', created_at, finished_at,
     CASE WHEN status = 'dead' THEN 'dead' ELSE 'delivered' END, error
 FROM agentpost_messages WHERE receiver LIKE 'agent-%'
 """

@@ -111,6 +111,7 @@ def claim_row_on(
             MESSAGES.c.recovered_from,
             MESSAGES.c.envelope,
             MESSAGES.c.expires_at,
+            MESSAGES.c.receiver,
         )
     )
     row = conn.execute(stmt).one_or_none()
@@ -140,6 +141,7 @@ def _record_lost(conn: Connection, message_id: str, row: Any, now: float) -> Non
     conn.execute(
         ATTEMPTS.insert().values(
             message_id=message_id,
+            receiver=row.receiver,
             number=row.attempts - 1,
             redrive=row.redrives,
             worker=row.recovered_from,
@@ -186,6 +188,7 @@ def claim_next_on(
             MESSAGES.c.recovered_from,
             MESSAGES.c.envelope,
             MESSAGES.c.expires_at,
+            MESSAGES.c.receiver,
         )
     )
     row = conn.execute(stmt).one_or_none()

@@ -79,12 +79,16 @@ def _finish_on(
         return postgres.finish_on(
             conn, message_id, attempt=attempt, values=values, attempt_row=attempt_row
         )
-    changed = conn.execute(
-        update(MESSAGES).where(fenced(message_id, attempt)).values(**values)
-    ).rowcount
-    if changed:  # fenced off: the takeover already recorded this attempt as lost
-        conn.execute(ATTEMPTS.insert().values(**attempt_row))
-    return bool(changed)
+    moved = conn.execute(
+        update(MESSAGES)
+        .where(fenced(message_id, attempt))
+        .values(**values)
+        .returning(MESSAGES.c.receiver)
+    ).one_or_none()
+    if moved is None:  # fenced off: the takeover already recorded this attempt as lost
+        return False
+    conn.execute(ATTEMPTS.insert().values(**attempt_row, receiver=moved.receiver))
+    return True
 
 
 def complete(

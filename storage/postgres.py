@@ -53,10 +53,10 @@ WITH c AS (
     WHERE id = :id
       AND receiver = coalesce(CAST(:receiver AS VARCHAR), receiver)
       AND (status IN ('queued', 'retrying') OR (status = 'running' AND lease_until < :now))
-    RETURNING attempts, redrives, recovered_from, envelope, expires_at
+    RETURNING attempts, redrives, recovered_from, envelope, expires_at, receiver
 ), lost AS (
-    INSERT INTO {_A} (message_id, number, redrive, worker, ended_at, outcome, error)
-    SELECT :id, attempts - 1, redrives, recovered_from, :now, 'lost', :lost_error
+    INSERT INTO {_A} (message_id, receiver, number, redrive, worker, ended_at, outcome, error)
+    SELECT :id, receiver, attempts - 1, redrives, recovered_from, :now, 'lost', :lost_error
     FROM c WHERE recovered_from IS NOT NULL
 )
 SELECT attempts, redrives, recovered_from, envelope, expires_at FROM c
@@ -199,9 +199,9 @@ def _finish_statement(
 WITH m AS (
     UPDATE {_M} SET {assignments}
     WHERE id = :id AND status = 'running' AND attempts = :attempt
-    RETURNING 1
+    RETURNING receiver
 )
-INSERT INTO {_A} ({columns}) SELECT {placeholders} FROM m
+INSERT INTO {_A} (receiver, {columns}) SELECT receiver, {placeholders} FROM m
 RETURNING 1
 """)
 
@@ -220,10 +220,10 @@ WITH b AS (
         updated_at = b.ended_at, lease_until = NULL
     FROM b
     WHERE t.id = b.id AND t.status = 'running' AND t.attempts = b.attempt
-    RETURNING t.id
+    RETURNING t.id, t.receiver
 )
-INSERT INTO {_A} (message_id, number, redrive, worker, started_at, ended_at, outcome)
-SELECT b.id, b.attempt, b.redrive, b.worker, b.started_at, b.ended_at, 'delivered'
+INSERT INTO {_A} (message_id, receiver, number, redrive, worker, started_at, ended_at, outcome)
+SELECT b.id, m.receiver, b.attempt, b.redrive, b.worker, b.started_at, b.ended_at, 'delivered'
 FROM b JOIN m ON m.id = b.id
 RETURNING message_id
 """)
@@ -309,10 +309,10 @@ WITH quick AS MATERIALIZED (
       AND receiver = :receiver
       AND (status IN ('queued', 'retrying') OR (status = 'running' AND lease_until < :now))
       AND (EXISTS (SELECT 1 FROM held) OR coalesce((SELECT slot FROM taken), 0) <= :soon)
-    RETURNING attempts, redrives, recovered_from, envelope, expires_at
+    RETURNING attempts, redrives, recovered_from, envelope, expires_at, receiver
 ), lost AS (
-    INSERT INTO {_A} (message_id, number, redrive, worker, ended_at, outcome, error)
-    SELECT :id, attempts - 1, redrives, recovered_from, :now, 'lost', :lost_error
+    INSERT INTO {_A} (message_id, receiver, number, redrive, worker, ended_at, outcome, error)
+    SELECT :id, receiver, attempts - 1, redrives, recovered_from, :now, 'lost', :lost_error
     FROM c WHERE recovered_from IS NOT NULL
 )
 SELECT (SELECT slot FROM taken) AS slot, quick,

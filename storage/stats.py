@@ -230,10 +230,9 @@ def _live(
         .group_by(MESSAGES.c.receiver)
     )
     by_outcome = (
-        select(MESSAGES.c.receiver, ATTEMPTS.c.outcome, func.count())
-        .select_from(ATTEMPTS.join(MESSAGES, MESSAGES.c.id == ATTEMPTS.c.message_id))
+        select(ATTEMPTS.c.receiver, ATTEMPTS.c.outcome, func.count())
         .where(*between(ATTEMPTS.c.ended_at))
-        .group_by(MESSAGES.c.receiver, ATTEMPTS.c.outcome)
+        .group_by(ATTEMPTS.c.receiver, ATTEMPTS.c.outcome)
     )
     latency = MESSAGES.c.finished_at - MESSAGES.c.created_at
     histogram = (

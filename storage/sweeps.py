@@ -116,6 +116,7 @@ def recover_expired(engine: Engine, *, now: float) -> list[Republish]:
             conn.execute(
                 ATTEMPTS.insert().values(
                     message_id=row.id,
+                    receiver=row.receiver,
                     number=row.attempts,
                     redrive=row.redrives,
                     worker=row.claimed_by,

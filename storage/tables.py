@@ -102,6 +102,9 @@ class Attempt(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(max_length=36, index=True)
+    # The message's receiver, copied: the counters group recent attempts by agent
+    # without a lookup in the messages' key for each.
+    receiver: str = Field(max_length=64)
     number: int
     redrive: int = 0
     worker: str | None = Field(default=None, max_length=255)

@@ -144,6 +144,8 @@ def test_a_store_with_messages_upgrades_in_place_to_flow_control_and_retention(
     # the new statements work on them: retention, a rate slot, a limited claim
     assert storage.status_counts(engine) == {"b": {"queued": 1, "dead": 1, "delivered": 1}}
     assert storage.backlog(engine, "b") == 1
+    # (the old attempt counted by its receiver, copied onto it by the upgrade)
+    assert storage.agent_totals(engine, [1.0])["b"].attempts == {"delivered": 1}
     assert [m.id for m in storage.dead_letters(engine, receiver="b")] == [dead]
     assert [a.name for a in storage.list_agents(engine)] == ["b"]
     row = storage.find_agent(engine, "b")
