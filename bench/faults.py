@@ -394,7 +394,7 @@ def run_once(
     finally:
         deployment.stop()
     _check(engine, n, report)
-    _judge_samples(samples, report)
+    _judge_samples(samples, report, started - time.monotonic() + time.time(), folder)
     report.timeline = [(round(s.at - started, 1), s.tasks, s.outstanding) for s in samples]
     engine.dispose()
     return report
@@ -498,7 +498,9 @@ def _check(engine: Any, n: int, report: RunReport) -> None:
     report.failures += [what for what, ok in checks.items() if not ok]
 
 
-def _judge_samples(samples: list[Sample], report: RunReport) -> None:
+def _judge_samples(
+    samples: list[Sample], report: RunReport, started_at: float, folder: Path
+) -> None:
     report.samples = len(samples)
     if not samples:
         report.failures.append("no sample of the broker's tasks")
@@ -509,9 +511,28 @@ def _judge_samples(samples: list[Sample], report: RunReport) -> None:
     # its inbox until a worker takes it, so a few tasks can outlive their messages.
     report.worst_excess = max(s.tasks - 2 * s.outstanding for s in samples)
     if peak.tasks > 2 * peak.outstanding:
+        # What led there, to be read in a CI log: the samples around the peak (seconds
+        # from the first send, tasks, outstanding) and what the sweepers and senders said.
+        near = [s for s in samples if abs(s.at - peak.at) <= 3.0]
+        timeline = " ".join(f"{s.at - peak.at:+.1f}s:{s.tasks}/{s.outstanding}" for s in near)
         report.failures.append(
             f"the broker held {peak.tasks} tasks for {peak.outstanding} outstanding message(s)"
+            f" at {peak.at - samples[0].at:.1f} s; tasks/outstanding around it: {timeline}\n"
+            + "\n".join(_republish_lines(folder, started_at))
         )
+
+
+def _republish_lines(folder: Path, started_at: float) -> list[str]:
+    """The sweepers' republish reports and the senders' dropped handed marks, in order."""
+    said = ("sweeper:", "could not record", "a batch failed")
+    lines = [
+        line.strip()
+        for log in sorted(folder.glob("*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if any(word in line for word in said)
+    ]
+    start = time.strftime("%H:%M:%S", time.localtime(started_at))
+    return [f"  (first send at {start})", *sorted(lines)[:60]]
 
 
 def send_main(mode: str, first: int, count: int) -> int:
