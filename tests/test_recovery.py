@@ -16,7 +16,7 @@ from kombu import Connection
 import storage
 from tests.conftest import Backend, Worker, lose_queued_messages, wait_final
 from wire import create_app, inbox_depths, inbox_queue
-from worker import sweep
+from worker import sweep, sweeper
 
 pytestmark = pytest.mark.slow
 
@@ -124,3 +124,42 @@ def test_a_broker_that_lost_its_contents_gets_them_back_at_the_next_sweep(
     for message_id in ids:
         assert wait_final(client, message_id).status == "delivered"
     assert sorted(r["id"] for r in backend.runs("echo")) == sorted(ids)
+
+
+def test_a_sweep_whose_broker_fails_midway_publishes_nothing_twice(
+    backend: Backend, start_worker: Callable[..., Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 10 messages a broker lost
+    backend.env["AGENTPOST_REDELIVER_AFTER_S"] = "600"
+    start_worker().stop()
+    app = create_app(backend.settings)
+    sweep(app)  # the first sweep leaves the broker's epoch token
+    client = backend.client()
+    ids = [client.send("echo", {"n": n}, sender="t").message_id for n in range(10)]
+    client.close()
+    if backend.name == "amqp":
+        with Connection(backend.settings.broker) as conn:
+            inbox_queue("echo", backend.settings)(conn.default_channel).delete()
+    else:
+        lose_queued_messages(backend)
+    # When the sweep that republishes them finds the broker failing its next publish
+    # (the real publish, then a broker restarting under the sweep)
+    publish = sweeper.publish_deliveries
+    calls: list[int] = []
+
+    def fails_after_the_first(app_: Any, tasks: Any) -> None:
+        calls.append(len(tasks))
+        if len(calls) > 1:
+            raise ConnectionError("the broker is restarting")
+        publish(app_, tasks)
+
+    monkeypatch.setattr(sweeper, "publish_deliveries", fails_after_the_first)
+    with pytest.raises(Exception, match="the broker is restarting"):
+        sweep(app)
+    monkeypatch.undo()
+    assert calls[0] == 10 and inbox_depths(app, ["echo"])["echo"] == 10
+    # Then the sweeps after it publish none of them again (the failed sweep closed its
+    # journal: it had taken back what it could not publish)
+    assert sweep_twice(app, "echo") == (10, 10)
+    start_worker("--agents", "echo")
+    assert delivered_once(backend, client, ids)

@@ -27,6 +27,10 @@ Every sweep, in this order:
    delivered messages finished more than ``retain_delivered_s`` ago, and as many dead
    ones past ``retain_dead_s``, deleted with their attempts (``storage/retention.py``).
 
+A sweep the broker fails under (a restart, a time-out) publishes nothing twice: a
+failed publish takes back its rows' marks and closes the journal, and a failed count
+leaves what needed it to the next sweep (a failed count is never an empty inbox).
+
 One sweep runs at a time (``storage.sweep_lock``): two that overlap would judge the
 same rows from a state the other is changing. No message ever has more than two
 tasks in the broker, however old the backlog and
@@ -74,10 +78,27 @@ def sweep(app: AgentpostCelery) -> SweepReport:
         return _sweep(app, engine)
 
 
+class _TakenBack(Exception):
+    """A publish failed and the marks of its rows were taken back: no row is left
+    looking handed without its task."""
+
+
 def _sweep(app: AgentpostCelery, engine: Engine) -> SweepReport:
-    settings = app.settings
     now = time.time()
     unfinished = storage.begin_sweep(engine, now=now)
+    try:
+        return _steps(app, engine, now, unfinished)
+    except _TakenBack:
+        # What this sweep published before the failure went out: left unfinished, the
+        # journal would have the next sweep publish every row of it again.
+        storage.end_sweep(engine, started_at=now, now=time.time())
+        raise
+
+
+def _steps(
+    app: AgentpostCelery, engine: Engine, now: float, unfinished: float | None
+) -> SweepReport:
+    settings = app.settings
     if unfinished is not None:
         # Published before the inboxes are counted below, so they count as held.
         redone = storage.marked_at(engine, at=unfinished, now=now)
@@ -154,13 +175,14 @@ def _publish(
     """
     try:
         publish_deliveries(app, [DeliveryTask.of(row, now=now) for row in rows])
-    except Exception:
+    except Exception as failed:
         log.warning("sweeper: publishing %d task(s) failed; a later sweep retries", len(rows))
         try:
             release(engine, [row.message_id for row in rows])
-        except Exception as exc:  # the store down too: the spare copies are left
+        except Exception as exc:  # the store down too: the journal has the marks redone
             log.warning("sweeper: could not take back the marks of %d row(s): %s", len(rows), exc)
-        raise
+            raise
+        raise _TakenBack(f"publishing {len(rows)} task(s) failed: {failed}") from failed
 
 
 def _spares(app: AgentpostCelery, engine: Engine, now: float) -> list[storage.Republish]:
@@ -175,9 +197,9 @@ def _spares(app: AgentpostCelery, engine: Engine, now: float) -> list[storage.Re
     """
     grace_s = app.settings.redeliver_after_s
     waiting = storage.due_counts(engine, now=now - grace_s)
-    if not waiting:
+    depths = _count(app, sorted(waiting)) if waiting else None
+    if depths is None:
         return []
-    depths = inbox_depths(app, sorted(waiting))
     spares: list[storage.Republish] = []
     for receiver, count in sorted(waiting.items()):
         depth = depths.get(receiver)
@@ -200,16 +222,20 @@ def _top_up_tokens(app: AgentpostCelery, engine: Engine, due_by: float) -> int:
     message is due, and topping that up would only make a duplicate."""
     now = time.time()
     due = storage.due_counts(engine, now=due_by)
-    if not due:
+    waiting = _count(app, sorted(due)) if due else None
+    if waiting is None:
         return 0
-    waiting = inbox_depths(app, sorted(due))
     rows = [
         row
         for receiver, count in sorted(due.items())
         if (missing := count - (waiting.get(receiver) or 0)) > 0
         for row in storage.due_rows(engine, receiver, now=due_by, limit=missing)
     ]
-    publish_deliveries(app, [DeliveryTask.of(row, now=now) for row in rows])
+    try:
+        publish_deliveries(app, [DeliveryTask.of(row, now=now) for row in rows])
+    except Exception as exc:  # nothing was marked for them: the next sweep counts again
+        log.warning("sweeper: publishing %d token(s) failed: %s", len(rows), exc)
+        return 0
     return len(rows)
 
 
@@ -222,7 +248,7 @@ def _broker_losses(app: AgentpostCelery, engine: Engine, now: float) -> list[sto
         lost: list[storage.Republish] = []
         for agent in restore_missing_inboxes(app, _handlers(engine)):
             log.warning("sweeper: the inbox of %r is gone from the broker", agent)
-            lost += _lost(app, engine, now, [agent], receiver=agent)
+            lost += _lost(app, engine, now, [agent], receiver=agent) or []
         return lost
     # No marker (or another one): whatever the broker held is gone. The first sweep of
     # a deployment only leaves the first marker: what a broker lost before it is left to
@@ -237,10 +263,12 @@ def _broker_losses(app: AgentpostCelery, engine: Engine, now: float) -> list[sto
     # The lost rows are marked handed *before* the new epoch is recorded: a sweeper
     # killed in between leaves the loss for the next sweep to see again. (The other
     # order forgot it: the next sweep found the new marker and republished nothing.)
-    lost = _lost(app, engine, now, _handlers(engine))
+    found = _lost(app, engine, now, _handlers(engine))
+    if found is None:
+        return []  # the old epoch stays: the next sweep sees the loss again
     if storage.swap_broker_epoch(engine, key, expected=expected, new=token, now=now):
         write_marker(app, token, expected)
-    return lost
+    return found
 
 
 def _handlers(engine: Engine) -> list[str]:
@@ -254,11 +282,28 @@ def _lost(
     agents: list[str],
     *,
     receiver: str | None = None,
-) -> list[storage.Republish]:
+) -> list[storage.Republish] | None:
     """The rows whose tasks went with the broker: what the inboxes, counted now, lack
-    (tasks published since the loss stay the only copy of their rows)."""
+    (tasks published since the loss stay the only copy of their rows); ``None`` if the
+    broker would not be counted."""
     counted_at = time.time()
-    depths = inbox_depths(app, agents)
+    depths = _count(app, agents)
+    if depths is None:
+        return None
     return storage.republish_lost(
         engine, now=now, counted_at=counted_at, in_broker=depths, receiver=receiver
     )
+
+
+def _count(app: AgentpostCelery, agents: list[str]) -> dict[str, int | None] | None:
+    """The inboxes' depths, or ``None`` if the broker failed to say (a restart, a time-out).
+
+    A failed count is never taken for empty inboxes (that would copy every waiting row),
+    and never aborts the sweep after it published (that would leave the journal open, and
+    the next sweep would publish all of it again): what needed the count waits a sweep.
+    """
+    try:
+        return inbox_depths(app, agents)
+    except Exception as exc:
+        log.warning("sweeper: could not count the inboxes (%s); the next sweep will", exc)
+        return None
