@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from kombu.exceptions import ChannelError
+
 from wire.brokers import REDIS, profile_for
 from wire.queues import inbox_name, inbox_queue
 
@@ -23,10 +25,11 @@ def inbox_depths(app: AgentpostCelery, agents: Iterable[str]) -> dict[str, int |
             try:
                 ok: Any = inbox_queue(agent, app.settings)(channel).queue_declare(passive=True)
                 depths[agent] = int(ok.message_count)
-            except Exception:
+            except (ChannelError, NotImplementedError):
                 # Not declared yet (nothing ever sent) or a transport that cannot count;
                 # AMQP closes the channel on a failed passive declare, so open a new one.
                 # (Redis drops an empty list, so a missing queue there is an empty one.)
+                # A broker that fails to answer raises: that is no empty inbox.
                 depths[agent] = 0 if profile_for(app.settings.broker) is REDIS else None
                 channel = conn.channel()
     return depths
