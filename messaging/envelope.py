@@ -228,9 +228,11 @@ class Envelope(BaseModel):
 
     def payload_json(self) -> str:
         """The payload as strict, compact JSON (encoded once per envelope)."""
-        if self._payload_json is None:  # built without validation (model_construct)
-            self._payload_json = dump_json(self.payload)
-        return self._payload_json
+        # One read of the private attribute: pydantic serves each through __getattr__.
+        encoded = self._payload_json
+        if encoded is None:  # built without validation (model_construct)
+            encoded = self._payload_json = dump_json(self.payload)
+        return encoded
 
     def wire_json(self) -> str:
         """``wire()`` encoded, around the payload's JSON already made (not encoded again)."""

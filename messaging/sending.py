@@ -187,7 +187,8 @@ class Sender:
         refuses the whole batch; so does a receiver without room for its share
         (``InboxFull``, after waiting up to ``wait_s`` for room).
         """
-        checked = [self._check(envelope) for envelope in envelopes]
+        context = current_context()  # one caller, one moment: the same for the batch
+        checked = [self._check(envelope, context) for envelope in envelopes]
         self._make_room(checked, wait_s)
         if any(env.delivery == "best-effort" for env, _ in checked):
             if len(checked) != 1:
@@ -249,12 +250,13 @@ class Sender:
             publish_deliveries(self.app, [task])
         return SendResult(message_id=str(env.id), duplicate=False, status="sent")
 
-    def _check(self, envelope: Envelope) -> tuple[Envelope, str]:
-        """The envelope as it will be sent, and its wire JSON (made once, here)."""
+    def _check(self, envelope: Envelope, context: dict[str, str]) -> tuple[Envelope, str]:
+        """The envelope as it will be sent (with the caller's trace ``context`` unless it
+        carries one), and its wire JSON (made once, here)."""
         envelope.check_size(self.settings.max_payload_bytes)
         self._require_agent(envelope.receiver)
         self._schemas.check(envelope.receiver, envelope.payload)
-        if not envelope.trace and (context := current_context()):
+        if context and not envelope.trace:
             envelope = envelope.model_copy(update={"trace": context})
         return envelope, envelope.wire_json()
 

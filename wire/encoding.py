@@ -11,9 +11,13 @@ __all__ = ["dump_json", "task_body"]
 _EMBED = '{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'
 
 
+# One encoder for every call: json.dumps with options builds a new one each time.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+
+
 def dump_json(value: Any) -> str:
     """Strict, compact JSON (no NaN), or ``TypeError``/``ValueError`` naming the problem."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 def task_body(envelope_json: str) -> bytes:
