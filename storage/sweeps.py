@@ -146,16 +146,35 @@ def unpublished(
     )
 
 
-def marked_at(engine: Engine, *, at: float, now: float) -> list[Republish]:
+def marked_at(
+    engine: Engine,
+    *,
+    at: float,
+    now: float,
+    counted_at: float,
+    in_broker: Mapping[str, int | None],
+) -> list[Republish]:
     """The waiting rows a sweep that started at ``at`` marked and may never have
-    published (``storage/journal.py``), handed anew with their spare used: the tasks
-    that did go out before it died make a second copy, never a third."""
-    return _take(
-        engine,
-        or_(MESSAGES.c.handed_at == at, MESSAGES.c.spare_at == at),
-        values={"handed_at": now, "spare_at": now},
-        limit=None,
-    )
+    published (``storage/journal.py``), handed anew with their spare used.
+
+    It may have died before its publish or after it (its store gone before it could
+    close its journal): ``in_broker``, each receiver's inbox counted at ``counted_at``,
+    says which. Of a receiver's marked rows, as many go out as its inbox is short of
+    tasks for its waiting rows (all of them where the inbox cannot be counted); the
+    tasks that did go out before it died make a second copy at the most, never a third.
+    """
+    marked = or_(MESSAGES.c.handed_at == at, MESSAGES.c.spare_at == at)
+    with engine.begin() as conn:
+        rows: list[Any] = []
+        for name, missing in _missing(conn, counted_at, in_broker, marked).items():
+            rows += conn.execute(
+                select(*_REPUBLISH)
+                .where(waiting(), marked, MESSAGES.c.receiver == name)
+                .order_by(MESSAGES.c.due_at)
+                .limit(missing)
+            ).all()
+        _update_ids(conn, [r.id for r in rows], {"handed_at": now, "spare_at": now})
+    return [Republish(r.id, r.receiver, r.priority, r.envelope, r.due_at) for r in rows]
 
 
 def overdue(
@@ -192,43 +211,59 @@ def republish_lost(
     ``in_broker`` is each receiver's inbox depth, counted at ``counted_at`` after the
     loss (``None``: not countable). The tasks there were published after the loss, so
     of a receiver's waiting rows, as many as its inbox is short of are lost: the ones
-    handed longest ago. Rows claimed since the count took their task out of the
-    inbox and are no longer waiting; they are subtracted from the depth, so a race
-    can only hand a row a second copy, never leave a lost one without.
+    handed longest ago.
     """
     where = [MESSAGES.c.receiver == receiver] if receiver is not None else []
-    by_receiver = (MESSAGES.c.receiver, func.count())
     with engine.begin() as conn:
-        waiting_rows = conn.execute(
-            select(*by_receiver)
-            .where(waiting(), _served_by_workers(), *where)
-            .group_by(MESSAGES.c.receiver)
-        ).all()
-        claimed_since = conn.execute(
-            select(*by_receiver)
-            .where(
-                # Running or finished since: each through its partial index.
-                or_(
-                    and_(status_is("running"), MESSAGES.c.updated_at >= counted_at),
-                    and_(status_is("delivered", "dead"), MESSAGES.c.finished_at >= counted_at),
-                ),
-                *where,
-            )
-            .group_by(MESSAGES.c.receiver)
-        ).all()
-        moved = {str(name): int(count) for name, count in claimed_since}
         rows: list[Any] = []
-        for name, count in waiting_rows:
-            held = max(0, (in_broker.get(name) or 0) - moved.get(name, 0))
-            if count > held:
-                rows += conn.execute(
-                    select(*_REPUBLISH)
-                    .where(waiting(), MESSAGES.c.receiver == name)
-                    .order_by(func.coalesce(MESSAGES.c.handed_at, 0), MESSAGES.c.due_at)
-                    .limit(count - held)
-                ).all()
+        for name, missing in _missing(conn, counted_at, in_broker, *where).items():
+            rows += conn.execute(
+                select(*_REPUBLISH)
+                .where(waiting(), MESSAGES.c.receiver == name)
+                .order_by(func.coalesce(MESSAGES.c.handed_at, 0), MESSAGES.c.due_at)
+                .limit(missing)
+            ).all()
         _update_ids(conn, [r.id for r in rows], {"handed_at": now, "spare_at": None})
     return [Republish(r.id, r.receiver, r.priority, r.envelope, r.due_at) for r in rows]
+
+
+def _missing(
+    conn: Connection, counted_at: float, in_broker: Mapping[str, int | None], *where: Any
+) -> dict[str, int]:
+    """How many tasks each receiver's inbox (counted at ``counted_at``; ``None``: not
+    countable, so none held) is short of its waiting rows, for the receivers that have
+    waiting rows matching ``where``.
+
+    Rows claimed since the count took their task out of the inbox and are no longer
+    waiting; they are subtracted from the depth, so a race can only hand a row a second
+    copy, never leave a lost one without.
+    """
+    by_receiver = (MESSAGES.c.receiver, func.count())
+    concerned = select(MESSAGES.c.receiver).where(waiting(), *where).distinct()
+    waiting_rows = conn.execute(
+        select(*by_receiver)
+        .where(waiting(), _served_by_workers(), MESSAGES.c.receiver.in_(concerned))
+        .group_by(MESSAGES.c.receiver)
+    ).all()
+    claimed_since = conn.execute(
+        select(*by_receiver)
+        .where(
+            # Running or finished since: each through its partial index.
+            or_(
+                and_(status_is("running"), MESSAGES.c.updated_at >= counted_at),
+                and_(status_is("delivered", "dead"), MESSAGES.c.finished_at >= counted_at),
+            ),
+            MESSAGES.c.receiver.in_(concerned),
+        )
+        .group_by(MESSAGES.c.receiver)
+    ).all()
+    moved = {str(name): int(count) for name, count in claimed_since}
+    missing: dict[str, int] = {}
+    for name, count in waiting_rows:
+        held = max(0, (in_broker.get(name) or 0) - moved.get(name, 0))
+        if count > held:
+            missing[str(name)] = count - held
+    return missing
 
 
 def due_counts(engine: Engine, *, now: float) -> dict[str, int]:

@@ -16,6 +16,7 @@ from kombu import Connection
 import storage
 from tests.conftest import Backend, Worker, lose_queued_messages, wait_final
 from wire import create_app, inbox_depths, inbox_queue
+from wire.publish import DeliveryTask, publish_deliveries
 from worker import sweep, sweeper
 
 pytestmark = pytest.mark.slow
@@ -93,6 +94,32 @@ def test_copies_a_sweep_marked_and_died_before_publishing_go_out_at_the_next_swe
     # Then the next sweep publishes them, once, and the one after adds none
     assert sweep_twice(app, "echo") == (10, 10)
     # and each message is delivered once
+    start_worker("--agents", "echo")
+    assert delivered_once(backend, client, ids)
+
+
+def test_copies_a_sweep_published_before_its_store_went_down_go_out_only_once(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given 10 messages whose tasks were taken and acknowledged (lost, no epoch shows it)
+    backend.env["AGENTPOST_REDELIVER_AFTER_S"] = "600"
+    start_worker().stop()
+    client = backend.client()
+    ids = [client.send("echo", {"n": n}, sender="t").message_id for n in range(10)]
+    client.close()
+    app = create_app(backend.settings)
+    sweep(app)  # the first sweep leaves the broker's epoch token
+    take_tasks(app, "echo", 10)
+    # When a sweep marks their spare copies and publishes them, and its store goes down
+    # before it can record its end (the journal stays open)
+    engine = storage.engine_for(backend.settings.database)
+    died_at = time.time()
+    assert storage.begin_sweep(engine, now=died_at) is None
+    spared = storage.overdue(engine, now=died_at, grace_s=0, receiver="echo", limit=10)
+    publish_deliveries(app, [DeliveryTask.of(row, now=died_at) for row in spared])
+    assert inbox_depths(app, ["echo"])["echo"] == 10
+    # Then the next sweep finds their tasks in the inbox and publishes none again
+    assert sweep_twice(app, "echo") == (10, 10)
     start_worker("--agents", "echo")
     assert delivered_once(backend, client, ids)
 

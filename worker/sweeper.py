@@ -4,7 +4,9 @@ Every sweep, in this order:
 
 0. a sweep that died: a sweeper marks rows handed in the store before it publishes
    their tasks; if the last sweep never finished (``storage/journal.py``), the rows it
-   marked are published again now, a sweep interval later, not left looking handed;
+   marked are published again now, a sweep interval later, not left looking handed:
+   as many as the inboxes, counted now, lack (it may have died after its publish, its
+   store gone before it could record its end);
 1. broker loss: the broker no longer holds the epoch token the store remembers
    (Redis restarted empty or flushed, the embedded broker's folders wiped), or a
    RabbitMQ inbox was deleted: the waiting messages whose tasks went with it are
@@ -101,13 +103,12 @@ def _steps(
     settings = app.settings
     if unfinished is not None:
         # Published before the inboxes are counted below, so they count as held.
-        redone = storage.marked_at(engine, at=unfinished, now=now)
+        redone = _redo(app, engine, unfinished, now)
         _publish(app, engine, redone, now, release=storage.unhand)
-        if redone:
-            log.warning(
-                "sweeper: the last sweep died before publishing; %d task(s) published again",
-                len(redone),
-            )
+        log.warning(
+            "sweeper: the last sweep did not finish; %d of its task(s) published again",
+            len(redone),
+        )
     lost = _broker_losses(app, engine, now)
     recovered = storage.recover_expired(engine, now=now)
     unpublished = storage.unpublished(engine, now=now, grace_s=settings.publish_grace_s)
@@ -133,6 +134,19 @@ def _steps(
             tokens,
         )
     return SweepReport(len(recovered), len(unpublished) + len(spares) + tokens, len(lost))
+
+
+def _redo(
+    app: AgentpostCelery, engine: Engine, unfinished: float, now: float
+) -> list[storage.Republish]:
+    """The rows the unfinished sweep marked whose tasks the inboxes lack: it may have
+    died before its publish, or after it with the store gone (a crashed database)
+    before it could close its journal. Uncountable inboxes lack them all."""
+    counted_at = time.time()
+    depths = _count(app, _handlers(engine)) or {}
+    return storage.marked_at(
+        engine, at=unfinished, now=now, counted_at=counted_at, in_broker=depths
+    )
 
 
 def _prune(app: AgentpostCelery, engine: Engine, now: float) -> None:
