@@ -34,6 +34,7 @@ log = logging.getLogger("agentpost.client")
 T = TypeVar("T")
 
 _IDLE_S = 5.0  # a batcher's thread ends after this long with nothing to do
+_MAX_REFUSED = 100_000  # handed marks kept for another try while the store is down
 
 # Every live batcher, for the fork and exit hooks.
 _LIVE: weakref.WeakSet[Background[object]] = weakref.WeakSet()
@@ -111,7 +112,10 @@ class HandedMarks:
     """Records, in batches, which rows' tasks were handed to the broker.
 
     A mark that never lands (the process died first) costs one spare publish by the
-    sweeper after ``publish_grace_s``, never a lost message.
+    sweeper after ``publish_grace_s``, never a lost message. A mark the store refused
+    (a database restarting) is tried again with the next batch: a sender that goes on
+    sending records it once the store is back, before the sweeper would publish a copy
+    of every such message (their tasks still in the broker).
     """
 
     def __init__(self, engine: Callable[[], Engine]) -> None:
@@ -120,6 +124,8 @@ class HandedMarks:
         self._marks: Background[str] = Background(
             self._mark, name="agentpost-handed", linger_s=0.05
         )
+        # Refused marks, newest last (only _mark touches it: batches run one at a time).
+        self._refused: list[str] = []
 
     def add(self, message_ids: Sequence[str]) -> None:
         self._marks.add(message_ids)
@@ -128,7 +134,14 @@ class HandedMarks:
         self._marks.flush()
 
     def _mark(self, ids: list[str]) -> None:
+        ids, self._refused = self._refused + ids, []
         try:
             storage.mark_handed(self._engine(), ids, now=time.time())
         except Exception as exc:
-            log.warning("could not record %d handed message(s): %s", len(ids), exc)
+            log.warning(
+                "could not record %d handed message(s), tried again with the next: %s",
+                len(ids),
+                exc,
+            )
+            # Bounded: past it the oldest are the sweeper's (one spare copy each).
+            self._refused = ids[-_MAX_REFUSED:]

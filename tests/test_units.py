@@ -6,6 +6,7 @@ import importlib
 import random
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from kombu.asynchronous.timer import Timer
@@ -17,6 +18,7 @@ import worker
 from messaging import ConfigurationError, Envelope, InvalidEnvelope, Settings, agent
 from messaging.context import child_key
 from messaging.lifecycle import backoff_delay_s
+from messaging.outbox import HandedMarks
 from messaging.schemas import PayloadSchemas
 from worker.timers import drop_canceled
 
@@ -162,3 +164,36 @@ def test_a_payload_schema_names_each_field_and_a_broadcast_can_ask_whether_it_fi
         "invalid envelope: the payload does not fit agent 'typed' (its schema v3): "
         'payload.topic: 5 is not of type "string"'
     )
+
+
+def test_a_handed_mark_the_store_refused_is_recorded_with_the_next_batch(tmp_path: Path) -> None:
+    # Given a store with two messages, and a sender whose first mark finds no store
+    # (a database restarting: here one without the schema)
+    engine = storage.engine_for(f"sqlite:///{tmp_path / 'store.db'}")
+    storage.create_schema(engine)
+    rows = [
+        storage.NewMessage(
+            id=f"m{n}",
+            idempotency_key=f"k{n}",
+            correlation_id=f"m{n}",
+            parent_id=None,
+            sender="s",
+            receiver="r",
+            priority=5,
+            envelope="{}",
+            created_at=1.0,
+            expires_at=None,
+        )
+        for n in (1, 2)
+    ]
+    storage.insert_messages(engine, rows)
+    refusing = storage.engine_for(f"sqlite:///{tmp_path / 'restarting.db'}")
+    engines = iter([refusing, engine])
+    marks = HandedMarks(lambda: next(engines))
+    # When the first batch is refused and the next one lands
+    marks._mark(["m1"])
+    assert storage.get_message(engine, "m1").handed_at is None  # type: ignore[union-attr]
+    marks._mark(["m2"])
+    # Then both are recorded
+    for message_id in ("m1", "m2"):
+        assert storage.get_message(engine, message_id).handed_at is not None  # type: ignore[union-attr]
