@@ -31,6 +31,16 @@ def take_tasks(app: Any, agent: str, n: int) -> None:
         inbox.close()
 
 
+def lose_echo_inbox(backend: Backend) -> None:
+    """What the broker holds for echo is lost: Redis FLUSHDB, the embedded folder wiped,
+    the RabbitMQ inbox deleted."""
+    if backend.name == "amqp":
+        with Connection(backend.settings.broker) as conn:
+            inbox_queue("echo", backend.settings)(conn.default_channel).delete()
+    else:
+        lose_queued_messages(backend)
+
+
 def sweep_twice(app: Any, agent: str) -> tuple[int | None, int | None]:
     """The agent's inbox depth after one sweep, and after the next."""
     sweep(app)
@@ -137,11 +147,7 @@ def test_a_broker_that_lost_its_contents_gets_them_back_at_the_next_sweep(
     client.close()
     # When the broker loses them (Redis FLUSHDB, the embedded folder wiped, the
     # RabbitMQ inbox deleted)
-    if backend.name == "amqp":
-        with Connection(backend.settings.broker) as conn:
-            inbox_queue("echo", backend.settings)(conn.default_channel).delete()
-    else:
-        lose_queued_messages(backend)
+    lose_echo_inbox(backend)
     assert inbox_depths(app, ["echo"])["echo"] in (0, None)
     # Then the next sweep sees it and republishes every one of them, once
     report = sweep(app)
@@ -164,11 +170,7 @@ def test_a_sweep_whose_broker_fails_midway_publishes_nothing_twice(
     client = backend.client()
     ids = [client.send("echo", {"n": n}, sender="t").message_id for n in range(10)]
     client.close()
-    if backend.name == "amqp":
-        with Connection(backend.settings.broker) as conn:
-            inbox_queue("echo", backend.settings)(conn.default_channel).delete()
-    else:
-        lose_queued_messages(backend)
+    lose_echo_inbox(backend)
     # When the sweep that republishes them finds the broker failing its next publish
     # (the real publish, then a broker restarting under the sweep)
     publish = sweeper.publish_deliveries
