@@ -81,11 +81,12 @@ def test_an_old_backlog_gets_spare_copies_only_for_the_tasks_its_broker_lost(
     assert delivered_once(backend, client, ids)
 
 
-def test_copies_a_sweep_marked_and_died_before_publishing_go_out_at_the_next_sweep(
+def marked_by_an_unfinished_sweep(
     backend: Backend, start_worker: Callable[..., Worker]
-) -> None:
-    # Given 10 messages whose tasks were taken and acknowledged (lost, no epoch shows
-    # it), and spare copies 10 minutes away
+) -> tuple[Any, Any, list[str], list[storage.Republish]]:
+    """10 messages whose tasks were taken and acknowledged (lost, no epoch shows it),
+    spare copies 10 minutes away, and a sweep that marked their spare copies in the
+    store and never recorded its end: (app, client, ids, the rows it marked)."""
     backend.env["AGENTPOST_REDELIVER_AFTER_S"] = "600"
     start_worker().stop()
     client = backend.client()
@@ -94,11 +95,19 @@ def test_copies_a_sweep_marked_and_died_before_publishing_go_out_at_the_next_swe
     app = create_app(backend.settings)
     sweep(app)  # the first sweep leaves the broker's epoch token
     take_tasks(app, "echo", 10)
-    # When a sweep marks their spare copies in the store and dies before publishing
     engine = storage.engine_for(backend.settings.database)
     died_at = time.time()
     assert storage.begin_sweep(engine, now=died_at) is None  # the last one finished
     spared = storage.overdue(engine, now=died_at, grace_s=0, receiver="echo", limit=10)
+    return app, client, ids, spared
+
+
+def test_copies_a_sweep_marked_and_died_before_publishing_go_out_at_the_next_sweep(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given 10 messages whose tasks were lost, and a sweep that marked their spare
+    # copies in the store and died before publishing
+    app, client, ids, spared = marked_by_an_unfinished_sweep(backend, start_worker)
     assert sorted(r.message_id for r in spared) == sorted(ids)
     assert inbox_depths(app, ["echo"])["echo"] == 0
     # Then the next sweep publishes them, once, and the one after adds none
@@ -111,22 +120,10 @@ def test_copies_a_sweep_marked_and_died_before_publishing_go_out_at_the_next_swe
 def test_copies_a_sweep_published_before_its_store_went_down_go_out_only_once(
     backend: Backend, start_worker: Callable[..., Worker]
 ) -> None:
-    # Given 10 messages whose tasks were taken and acknowledged (lost, no epoch shows it)
-    backend.env["AGENTPOST_REDELIVER_AFTER_S"] = "600"
-    start_worker().stop()
-    client = backend.client()
-    ids = [client.send("echo", {"n": n}, sender="t").message_id for n in range(10)]
-    client.close()
-    app = create_app(backend.settings)
-    sweep(app)  # the first sweep leaves the broker's epoch token
-    take_tasks(app, "echo", 10)
-    # When a sweep marks their spare copies and publishes them, and its store goes down
-    # before it can record its end (the journal stays open)
-    engine = storage.engine_for(backend.settings.database)
-    died_at = time.time()
-    assert storage.begin_sweep(engine, now=died_at) is None
-    spared = storage.overdue(engine, now=died_at, grace_s=0, receiver="echo", limit=10)
-    publish_deliveries(app, [DeliveryTask.of(row, now=died_at) for row in spared])
+    # Given 10 messages whose tasks were lost, and a sweep that marked their spare
+    # copies and published them, its store gone before it could record its end
+    app, client, ids, spared = marked_by_an_unfinished_sweep(backend, start_worker)
+    publish_deliveries(app, [DeliveryTask.of(row, now=time.time()) for row in spared])
     assert inbox_depths(app, ["echo"])["echo"] == 10
     # Then the next sweep finds their tasks in the inbox and publishes none again
     assert sweep_twice(app, "echo") == (10, 10)
