@@ -12,7 +12,7 @@ spare; so no row has more than two tasks in the broker.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, or_, select, update
@@ -164,17 +164,14 @@ def marked_at(
     tasks that did go out before it died make a second copy at the most, never a third.
     """
     marked = or_(MESSAGES.c.handed_at == at, MESSAGES.c.spare_at == at)
-    with engine.begin() as conn:
-        rows: list[Any] = []
-        for name, missing in _missing(conn, counted_at, in_broker, marked).items():
-            rows += conn.execute(
-                select(*_REPUBLISH)
-                .where(waiting(), marked, MESSAGES.c.receiver == name)
-                .order_by(MESSAGES.c.due_at)
-                .limit(missing)
-            ).all()
-        _update_ids(conn, [r.id for r in rows], {"handed_at": now, "spare_at": now})
-    return [Republish(r.id, r.receiver, r.priority, r.envelope, r.due_at) for r in rows]
+    return _hand_missing(
+        engine,
+        counted_at,
+        in_broker,
+        [marked],
+        order_by=[MESSAGES.c.due_at],
+        values={"handed_at": now, "spare_at": now},
+    )
 
 
 def overdue(
@@ -213,18 +210,38 @@ def republish_lost(
     of a receiver's waiting rows, as many as its inbox is short of are lost: the ones
     handed longest ago.
     """
-    where = [MESSAGES.c.receiver == receiver] if receiver is not None else []
+    return _hand_missing(
+        engine,
+        counted_at,
+        in_broker,
+        [MESSAGES.c.receiver == receiver] if receiver is not None else [],
+        order_by=[func.coalesce(MESSAGES.c.handed_at, 0), MESSAGES.c.due_at],
+        values={"handed_at": now, "spare_at": None},
+    )
+
+
+def _hand_missing(
+    engine: Engine,
+    counted_at: float,
+    in_broker: Mapping[str, int | None],
+    where: list[Any],
+    *,
+    order_by: list[Any],
+    values: dict[str, Any],
+) -> list[Republish]:
+    """Of each receiver's waiting rows matching ``where``, the first ``order_by`` as
+    many as its inbox is short of (``_missing``), updated with ``values``."""
     with engine.begin() as conn:
         rows: list[Any] = []
         for name, missing in _missing(conn, counted_at, in_broker, *where).items():
             rows += conn.execute(
                 select(*_REPUBLISH)
-                .where(waiting(), MESSAGES.c.receiver == name)
-                .order_by(func.coalesce(MESSAGES.c.handed_at, 0), MESSAGES.c.due_at)
+                .where(waiting(), *where, MESSAGES.c.receiver == name)
+                .order_by(*order_by)
                 .limit(missing)
             ).all()
-        _update_ids(conn, [r.id for r in rows], {"handed_at": now, "spare_at": None})
-    return [Republish(r.id, r.receiver, r.priority, r.envelope, r.due_at) for r in rows]
+        _update_ids(conn, [r.id for r in rows], values)
+    return _republished(rows)
 
 
 def _missing(
@@ -304,6 +321,10 @@ def _take(
         )
         rows = conn.execute(query if limit is None else query.limit(limit)).all()
         _update_ids(conn, [r.id for r in rows], values)
+    return _republished(rows)
+
+
+def _republished(rows: Sequence[Any]) -> list[Republish]:
     return [Republish(r.id, r.receiver, r.priority, r.envelope, r.due_at) for r in rows]
 
 
