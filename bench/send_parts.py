@@ -33,7 +33,7 @@ import storage  # noqa: E402
 from bench.send_many import noop_client, raw_send_task_rate  # noqa: E402
 from bench.throughput import add_server_args, clean_redis, fresh_database  # noqa: E402
 from messaging import Client, Envelope  # noqa: E402
-from storage import repository  # noqa: E402
+from storage import postgres, repository  # noqa: E402
 
 
 def timed(totals: dict[str, float], stage: str, call: Callable[..., Any]) -> Callable[..., Any]:
@@ -73,8 +73,7 @@ def stages(client: Client, n: int, batch: int) -> dict[str, float]:
 
 def bare_insert_us(db_url: str, n: int) -> float:
     """The sender's INSERT through bare psycopg, prepared: microseconds per row."""
-    engine = storage.engine_for(db_url)
-    compiled = repository._insert_one().compile(dialect=engine.dialect)
+    sql = postgres._psycopg_form(postgres._INSERT_ONE)  # the statement a send runs
     url = make_url(db_url).set(drivername="postgresql").render_as_string(hide_password=False)
     rows = [
         storage.NewMessage(
@@ -94,8 +93,7 @@ def bare_insert_us(db_url: str, n: int) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         t0 = time.perf_counter()
         for row in rows:
-            values = {**dict.fromkeys(compiled.params), **repository._values(row)}
-            conn.execute(str(compiled), values, prepare=True).fetchone()
+            conn.execute(sql, repository._values(row), prepare=True).fetchone()
         return (time.perf_counter() - t0) / n * 1e6
 
 
