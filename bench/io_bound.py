@@ -6,7 +6,10 @@ Agents wait on models and APIs, not on the CPU. One worker process with ``-P thr
 1. ``noop``: the no-op drain rate of that same worker (the CPU-bound ceiling);
 2. ``wait``: a synchronous handler that blocks 200 ms (``time.sleep``);
 3. ``await``: an async handler that awaits 200 ms (``asyncio.sleep``, on the worker's
-   shared event loop).
+   shared event loop);
+4. ``raw``: raw Celery (``bench/rawapp.py``) with the same ``-P threads -c C``, a task
+   that blocks 200 ms, the same N tasks queued by ``send_task`` first: how near the
+   bound Celery itself comes (the ramp at the start and the end of a drain included).
 
 Each case enqueues N messages with ``send_many`` while no worker runs, starts the
 worker, and times the drain from the first attempt's start to the last one's end
@@ -38,21 +41,26 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import redis  # noqa: E402
 from sqlalchemy import text  # noqa: E402
 
+from bench import rawapp  # noqa: E402
 from bench.agents import IO_WAIT_S  # noqa: E402
 from bench.throughput import (  # noqa: E402
     add_server_args,
     child_env,
     clean_redis,
     fresh_database,
+    queue_length,
+    raw_worker_argv,
     start_worker,
     stop_worker,
     table,
     wait_for,
 )
 
-CASES = ("noop", "wait", "await")
+CASES = ("noop", "wait", "await", "raw")
+assert rawapp.WAIT_S == IO_WAIT_S  # the raw task waits as the agents do
 
 
 @dataclass
@@ -155,13 +163,47 @@ def run_case(args: argparse.Namespace, token: str, workdir: Path, db_url: str, n
     return Drain(name, n, drain, most_in_flight(intervals))
 
 
+def run_raw(args: argparse.Namespace, token: str, workdir: Path) -> Drain:
+    """Raw Celery's 200 ms task through the same pool; timed by the tasks' own stamps."""
+    n, r = args.messages, redis.Redis.from_url(args.redis_url)
+    queue, key = f"bench.{token}.io-raw", f"bench:{token}:io-raw"
+    config = frozenset({"wait"})
+    app = rawapp.make_app(args.redis_url, config)
+    try:
+        for _ in range(n):
+            app.send_task(rawapp.NOOP_TASK, queue=queue)
+    finally:
+        app.close()
+    if (queued := queue_length(r, queue)) != n:
+        raise RuntimeError(f"raw: {queued} tasks in {queue}, expected {n}")
+    env = {"BENCH_REDIS_URL": args.redis_url, "BENCH_KEY": key, "BENCH_N": str(n)}
+    env["BENCH_RAW_CONFIG"] = "wait"
+    argv = raw_worker_argv(
+        "bench.rawapp", args.concurrency, queue, f"bench-{token}-io-raw@%h", pool=args.pool
+    )
+    log = workdir / "raw.log"
+    proc = start_worker(argv, child_env(env), log)
+    try:
+
+        def probe() -> tuple[bool, bool]:
+            start, done = r.mget(f"{key}:start", f"{key}:done")
+            return start is not None, done is not None and int(done) >= n
+
+        wait_for(probe, proc=proc, timeout_s=args.timeout, interval_s=0.1, log=log)
+    finally:
+        stop_worker(proc)
+    start, end = (float(r.get(f"{key}:{k}") or 0) for k in ("start", "end"))
+    return Drain("raw", n, end - start, most_in_flight=0)  # in flight: not recorded
+
+
 def report(drains: list[Drain], args: argparse.Namespace) -> str:
     noop = next(d for d in drains if d.agent == "noop")
     bound = min(args.concurrency / IO_WAIT_S, noop.rate)
     rows = []
     for d in drains:
         ratio = "" if d.agent == "noop" else f"{d.rate / bound:.2f}"
-        rows.append([d.agent, f"{d.rate:,.0f}", f"{d.drain_s:.1f}", str(d.most_in_flight), ratio])
+        shown = "" if d.agent == "raw" else str(d.most_in_flight)
+        rows.append([d.agent, f"{d.rate:,.0f}", f"{d.drain_s:.1f}", shown, ratio])
     lines = [
         f"{args.messages} messages per case, one worker -P {args.pool} -c {args.concurrency}",
         "",
@@ -169,7 +211,8 @@ def report(drains: list[Drain], args: argparse.Namespace) -> str:
         "",
         f"bound = min(concurrency / {IO_WAIT_S} s = {args.concurrency / IO_WAIT_S:,.0f}, "
         f"no-op rate {noop.rate:,.0f}) = {bound:,.0f} msg/s; target: rate / bound >= 0.8, "
-        f"most in flight >= {min(200, args.concurrency)}",
+        f"most in flight >= {min(200, args.concurrency)}; raw: raw Celery's 200 ms task "
+        "against the same bound",
     ]
     return "\n".join(lines)
 
@@ -199,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with fresh_database(args.pg_admin_url, f"agentpost_bench_{token}") as db_url:
             for name in cases:
-                drains.append(run_case(args, token, workdir, db_url, name))
+                drains.append(
+                    run_raw(args, token, workdir)
+                    if name == "raw"
+                    else run_case(args, token, workdir, db_url, name)
+                )
                 print(f"{name}: {drains[-1].rate:,.0f} msg/s", file=sys.stderr)
     finally:
         removed = clean_redis(args.redis_url, token)

@@ -11,7 +11,9 @@ Configured from environment variables set by ``bench/throughput.py``:
   priority queues with 10 steps, and a priority on every task), ``time_limit``
   (a hard time limit per task), ``agentpost`` (all three); and ``defaults``: Celery's own
   defaults where this app departs from them for agentpost's guarantees (the ack before
-  the task runs instead of after, 4 tasks prefetched per process instead of 1).
+  the task runs instead of after, 4 tasks prefetched per process instead of 1); and
+  ``wait``: the task blocks 200 ms first, as ``bench.agents.wait_io`` does
+  (``bench/io_bound.py``'s raw Celery case).
 
 The task does the least that lets the benchmark see it without a result backend:
 one pipelined round trip (``SET start NX`` + ``INCR done``) per task, plus one
@@ -27,11 +29,12 @@ from typing import Any
 import redis
 from celery import Celery
 
-__all__ = ["NOOP_TASK", "app", "make_app", "parse_config", "send_options"]
+__all__ = ["NOOP_TASK", "WAIT_S", "app", "make_app", "parse_config", "send_options"]
 
 NOOP_TASK = "bench.noop"
 _OPTIONS = ("events", "priority", "time_limit")
-_OTHERS = ("defaults",)
+_OTHERS = ("defaults", "wait")
+WAIT_S = 0.2  # bench.agents.IO_WAIT_S (not imported: this worker loads no agentpost code)
 
 
 def parse_config(value: str) -> frozenset[str]:
@@ -85,7 +88,8 @@ def make_app(broker_url: str, config: frozenset[str] = frozenset()) -> Celery:
         }
     if "time_limit" in config:
         app.conf.task_time_limit = 300.0
-    app.task(name=NOOP_TASK, ignore_result=True, acks_late=acks_late)(noop)
+    body = wait if "wait" in config else noop
+    app.task(name=NOOP_TASK, ignore_result=True, acks_late=acks_late)(body)
     return app
 
 
@@ -103,7 +107,17 @@ def _conn() -> redis.Redis:
 
 def noop(*_args: Any, **_kwargs: Any) -> None:
     """Count this run; the first task stamps the start, the N-th the end."""
+    _count(time.time())
+
+
+def wait(*_args: Any, **_kwargs: Any) -> None:
+    """``noop`` after 200 ms of blocking (an I/O-bound task, as ``bench.agents.wait_io``)."""
     started = time.time()
+    time.sleep(WAIT_S)
+    _count(started)
+
+
+def _count(started: float) -> None:
     key = os.environ["BENCH_KEY"]
     pipe = _conn().pipeline(transaction=False)
     pipe.set(f"{key}:start", repr(started), nx=True)

@@ -153,8 +153,10 @@ def cpu_per_message(before: dict[str, float], after: dict[str, float], n: int) -
 # -- processes -----------------------------------------------------------------------
 
 
-def raw_worker_argv(app_module: str, concurrency: int, queue: str, name: str) -> list[str]:
-    """A raw Celery prefork worker on one queue, as both benchmarks start it."""
+def raw_worker_argv(
+    app_module: str, concurrency: int, queue: str, name: str, pool: str = "prefork"
+) -> list[str]:
+    """A raw Celery worker on one queue, as the benchmarks start it (prefork unless said)."""
     return [
         sys.executable,
         "-m",
@@ -165,7 +167,7 @@ def raw_worker_argv(app_module: str, concurrency: int, queue: str, name: str) ->
         "-c",
         str(concurrency),
         "-P",
-        "prefork",
+        pool,
         "--without-mingle",
         "--without-gossip",
         "-Q",
