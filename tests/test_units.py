@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import random
 import time
 from datetime import UTC, datetime
@@ -17,6 +19,7 @@ import wire
 import worker
 from messaging import ConfigurationError, Envelope, InvalidEnvelope, Settings, agent
 from messaging.context import child_key
+from messaging.ids import new_id
 from messaging.lifecycle import backoff_delay_s
 from messaging.outbox import HandedMarks
 from messaging.schemas import PayloadSchemas
@@ -46,6 +49,30 @@ def test_envelope_defaults_come_from_its_id() -> None:
     assert Envelope.model_validate(env.wire()) == env
     with pytest.raises(Exception, match="frozen"):
         env.sender = "c"  # type: ignore[misc]
+
+
+def test_message_ids_are_random_v4_uuids_and_a_forked_child_draws_its_own() -> None:
+    ids = [new_id() for _ in range(1000)]  # across several refills of the buffer
+    assert len(set(ids)) == 1000 and {i.version for i in ids} == {4}
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, as text, to the parent
+        os.write(write, ",".join(str(new_id()) for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split(",")
+    os.waitpid(pid, 0)
+    parent = [str(new_id()) for _ in range(50)]
+    assert len(child) == 50 and not set(child) & set(parent)
+
+
+def test_the_wire_json_reads_back_as_the_envelope() -> None:
+    env = Envelope.build(
+        "b", {"t": "h\u00e9llo\n", "f": 1e-7}, sender="a", metadata={"k": "\x01"}, ttl_s=5
+    )
+    assert Envelope.model_validate_json(env.wire_json()) == env
+    assert json.loads(env.wire_json()) == env.wire()
 
 
 def test_priorities_by_name_or_number() -> None:
