@@ -153,6 +153,8 @@ class Envelope(BaseModel):
     @field_validator("schema_version")
     @classmethod
     def _known_major(cls, value: str) -> str:
+        if value == SCHEMA_VERSION:  # this version's own envelopes: nothing to check
+            return value
         match = re.fullmatch(r"(\d+)\.(\d+)", value)
         if match is None:
             raise ValueError(f"schema_version {value!r} is not 'major.minor'")

@@ -194,6 +194,7 @@ class Sender:
             if len(checked) != 1:
                 raise InvalidEnvelope("send best-effort messages one at a time, not in a batch")
             return [self._send_best_effort(*checked[0])]
+        now = time.time()  # one transaction: one moment for the batch
         rows = [
             storage.NewMessage(
                 id=str(env.id),
@@ -204,7 +205,7 @@ class Sender:
                 receiver=env.receiver,
                 priority=env.priority,
                 envelope=wire,
-                created_at=time.time(),
+                created_at=now,
                 expires_at=env.expires_at.timestamp() if env.expires_at else None,
             )
             for env, wire in checked
@@ -221,8 +222,8 @@ class Sender:
 
         # Mailbox agents pull from the store: nothing to publish for them.
         tasks = [
-            DeliveryTask(str(env.id), env.receiver, env.priority, wire, _summary(env))
-            for (env, wire), outcome in zip(checked, inserted, strict=True)
+            DeliveryTask(row.id, env.receiver, env.priority, wire, _summary(env))
+            for (env, wire), row, outcome in zip(checked, rows, inserted, strict=True)
             if not outcome.duplicate and self._known.get(env.receiver) != "mailbox"
         ]
         if tasks:
