@@ -10,7 +10,8 @@ raw Celery figure it is held against where there is one, the ratio and the targe
   where the CPU goes per message (worker main process, pool, PostgreSQL, Redis).
 * ``send_many.py``: ``send_many`` in batches of 100 and 1,000.
 * ``latency.py``: request → reply p50 and p99 against ``delay().get()`` (three runs).
-* ``io_bound.py``: 200 ms handlers (sync and async) on one ``-P threads -c 200`` worker.
+* ``io_bound.py``: 200 ms handlers (sync and async) on one ``-P threads -c 200`` worker,
+  and raw Celery's 200 ms task in the same setting.
 * ``soak.py``: worker memory over ``--soak-messages`` and the first request after idle.
 
     PYTHONPATH=. .venv/bin/python bench/engine.py                # about 15 minutes
@@ -187,6 +188,15 @@ def figures(out: Path, quick: bool, soak_messages: int, idle_s: float) -> list[F
                 met=case["most_in_flight"] >= 200,
             )
         )
+    raw = io["raw"]  # Celery itself in the same setting: how near the bound it comes
+    found.append(
+        Figure(
+            "  raw Celery, a 200 ms task, threads -c 200: rate / bound",
+            f"{raw['rate']:,.0f} msg/s",
+            f"bound {raw['bound']:,.0f}",
+            raw["rate"] / raw["bound"],
+        )
+    )
 
     soak = run("soak.py", ["--messages", str(soak_messages), "--idle-s", str(idle_s)], out)
     worst_idle = max(soak["after_idle_ms"])
