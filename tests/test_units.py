@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import importlib
 import json
 import os
 import random
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +27,7 @@ from messaging.ids import new_id
 from messaging.lifecycle import backoff_delay_s
 from messaging.outbox import HandedMarks
 from messaging.schemas import PayloadSchemas
+from worker.eventloop import HandlerTimedOut, run_coroutine
 from worker.timers import drop_canceled
 
 
@@ -73,6 +78,49 @@ def test_the_wire_json_reads_back_as_the_envelope() -> None:
     )
     assert Envelope.model_validate_json(env.wire_json()) == env
     assert json.loads(env.wire_json()) == env.wire()
+
+
+def test_a_coroutine_handed_to_the_shared_loop_returns_raises_and_times_out_as_its_own() -> None:
+    seen: contextvars.ContextVar[int] = contextvars.ContextVar("seen")
+
+    async def echo(value: int) -> tuple[int, int]:
+        await asyncio.sleep(0.01)
+        return value, seen.get()  # the caller's context travels with the coroutine
+
+    def call(i: int) -> tuple[int, int]:
+        seen.set(i)
+        return run_coroutine(echo(i), timeout_s=5)  # type: ignore[no-any-return]
+
+    async def fails() -> None:
+        raise ValueError("bad")
+
+    async def own_timeout() -> None:
+        raise TimeoutError("its own")
+
+    cancelled = threading.Event()
+
+    async def sleeps() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def cancels_itself() -> None:
+        raise asyncio.CancelledError
+
+    with concurrent.futures.ThreadPoolExecutor(50) as pool:  # handed over in bursts
+        results = list(pool.map(call, range(200)))
+    assert results == [(i, i) for i in range(200)]
+    with pytest.raises(ValueError, match="bad"):
+        run_coroutine(fails())
+    with pytest.raises(TimeoutError, match="its own"):
+        run_coroutine(own_timeout(), timeout_s=5)
+    with pytest.raises(HandlerTimedOut, match=r"0\.1 s"):
+        run_coroutine(sleeps(), timeout_s=0.1)
+    assert cancelled.wait(5)
+    with pytest.raises(concurrent.futures.CancelledError):  # an Exception: a failed attempt
+        run_coroutine(cancels_itself())
 
 
 def test_priorities_by_name_or_number() -> None:
