@@ -310,16 +310,14 @@ def due_rows(engine: Engine, receiver: str, *, now: float, limit: int) -> list[R
     return [Republish(r.id, r.receiver, r.priority, r.envelope) for r in rows]
 
 
-def _take(
-    engine: Engine, *where: Any, values: dict[str, Any], limit: int | None
-) -> list[Republish]:
+def _take(engine: Engine, *where: Any, values: dict[str, Any], limit: int) -> list[Republish]:
     with engine.begin() as conn:
-        query = (
+        rows = conn.execute(
             select(*_REPUBLISH)
             .where(waiting(), _served_by_workers(), *where)
             .order_by(MESSAGES.c.due_at)
-        )
-        rows = conn.execute(query if limit is None else query.limit(limit)).all()
+            .limit(limit)
+        ).all()
         _update_ids(conn, [r.id for r in rows], values)
     return _republished(rows)
 
