@@ -85,9 +85,9 @@ def publish_deliveries(app: AgentpostCelery, tasks: Sequence[DeliveryTask]) -> N
         # Where batches are not supported each publish is immediate and keeps it.
         pipelined = profile_for(app.settings.broker).name == "redis"
         with producer.batch():
-            # Each inbox declared once per batch (kombu binds a copy per declaration).
+            # Each inbox declared once per batch.
             for receiver in sorted({task.receiver for task in tasks}):
-                producer.maybe_declare(inbox_queue(receiver, app.settings))
+                producer.maybe_declare(_bound(producer, receiver, app))
             for task in tasks:
                 _send(app, producer, task, declare=[], retry=False if pipelined else None)
 
