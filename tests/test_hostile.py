@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from kombu import Connection
 from sqlalchemy import text
 
 import storage
@@ -64,7 +63,9 @@ def _publish_raw(
     settings = backend.settings
     app = create_app(settings)
     queue = inbox_queue(receiver, settings)
-    with Connection(settings.broker, transport_options=app.conf.broker_transport_options) as conn:
+    # The app's own connection: on the embedded broker its transport writes each file
+    # whole (kombu's plain filesystem one can be read half written, and dropped).
+    with app.connection_for_write() as conn:
         conn.Producer().publish(
             body,
             exchange=queue.exchange,
