@@ -35,6 +35,7 @@ from storage.locks import sweep_lock
 from storage.migrate import SchemaBehind, current_revision, has_store, head_revision, upgrade
 from storage.notify import Watch, watch_finished
 from storage.owned import create_owned_tables
+from storage.partitions import AHEAD_S, ensure_partitions
 from storage.queries import (
     ReplyState,
     attempts_of,
@@ -94,6 +95,7 @@ from storage.tables import (
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "AHEAD_S",
     "LATENCY_BOUNDS_S",
     "ROLLUP_LAG_S",
     "SLOT_EARLY_S",
@@ -145,6 +147,7 @@ __all__ = [
     "due_rows",
     "end_sweep",
     "engine_for",
+    "ensure_partitions",
     "find_agent",
     "find_key",
     "fold",

@@ -112,6 +112,7 @@ def claim_row_on(
             MESSAGES.c.envelope,
             MESSAGES.c.expires_at,
             MESSAGES.c.receiver,
+            MESSAGES.c.created_at,
         )
     )
     row = conn.execute(stmt).one_or_none()
@@ -142,6 +143,7 @@ def _record_lost(conn: Connection, message_id: str, row: Any, now: float) -> Non
         ATTEMPTS.insert().values(
             message_id=message_id,
             receiver=row.receiver,
+            message_created_at=row.created_at,
             number=row.attempts - 1,
             redrive=row.redrives,
             worker=row.recovered_from,
@@ -189,6 +191,7 @@ def claim_next_on(
             MESSAGES.c.envelope,
             MESSAGES.c.expires_at,
             MESSAGES.c.receiver,
+            MESSAGES.c.created_at,
         )
     )
     row = conn.execute(stmt).one_or_none()

@@ -83,11 +83,15 @@ def _finish_on(
         update(MESSAGES)
         .where(fenced(message_id, attempt))
         .values(**values)
-        .returning(MESSAGES.c.receiver)
+        .returning(MESSAGES.c.receiver, MESSAGES.c.created_at)
     ).one_or_none()
     if moved is None:  # fenced off: the takeover already recorded this attempt as lost
         return False
-    conn.execute(ATTEMPTS.insert().values(**attempt_row, receiver=moved.receiver))
+    conn.execute(
+        ATTEMPTS.insert().values(
+            **attempt_row, receiver=moved.receiver, message_created_at=moved.created_at
+        )
+    )
     return True
 
 

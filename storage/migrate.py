@@ -9,6 +9,7 @@ operator's decision (``agentpost db upgrade``), never a side effect of a client.
 from __future__ import annotations
 
 import logging
+import re
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ __all__ = [
     "ensure_schema",
     "has_store",
     "head_revision",
+    "include_name",
     "upgrade",
 ]
 
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 VERSION_TABLE = "agentpost_alembic_version"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _FIRST_TABLE = "agentpost_messages"
+_PARTITION = re.compile(r"^agentpost_(messages|attempts)_p\d{8}$")
 
 
 class SchemaBehind(RuntimeError):
@@ -49,6 +52,12 @@ class SchemaBehind(RuntimeError):
         )
         self.current = current
         self.head = head
+
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Whether Alembic's comparison includes this object: not the weeks' partitions
+    (``storage/partitions.py``), which the database makes as time goes by."""
+    return not (type_ == "table" and name is not None and _PARTITION.search(name))
 
 
 def _config() -> Config:

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, TextClause, text
 from sqlalchemy.exc import DBAPIError, StatementError
 
-from storage.tables import Agent, Attempt, Message, table_of
+from storage.tables import Agent, Attempt, Message, MessageKey, table_of
 
 __all__ = [
     "claim",
@@ -39,6 +39,7 @@ __all__ = [
 _M = table_of(Message).name
 _A = table_of(Attempt).name
 _AG = table_of(Agent).name
+_K = table_of(MessageKey).name
 LOST_ERROR = "worker lost: lease expired before the attempt finished"
 
 _CLAIM = text(f"""
@@ -53,13 +54,15 @@ WITH c AS (
     WHERE id = :id
       AND receiver = coalesce(CAST(:receiver AS VARCHAR), receiver)
       AND (status IN ('queued', 'retrying') OR (status = 'running' AND lease_until < :now))
-    RETURNING attempts, redrives, recovered_from, envelope, expires_at, receiver
+    RETURNING attempts, redrives, recovered_from, envelope, expires_at, receiver, created_at
 ), lost AS (
-    INSERT INTO {_A} (message_id, receiver, number, redrive, worker, ended_at, outcome, error)
-    SELECT :id, receiver, attempts - 1, redrives, recovered_from, :now, 'lost', :lost_error
+    INSERT INTO {_A} (message_id, receiver, message_created_at, number, redrive, worker,
+                      ended_at, outcome, error)
+    SELECT :id, receiver, created_at, attempts - 1, redrives, recovered_from, :now, 'lost',
+           :lost_error
     FROM c WHERE recovered_from IS NOT NULL
 )
-SELECT attempts, redrives, recovered_from, envelope, expires_at FROM c
+SELECT attempts, redrives, recovered_from, envelope, expires_at, created_at FROM c
 """)
 
 
@@ -68,17 +71,25 @@ SELECT attempts, redrives, recovered_from, envelope, expires_at FROM c
 # parameter that the C JSON encoder writes and PostgreSQL parses at C speed (text
 # arrays are escaped element by element in Python).
 _INSERT_MANY = text(f"""
+WITH b AS (
+    SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS batch(
+        id varchar, idempotency_key varchar, correlation_id varchar, parent_id varchar,
+        sender varchar, receiver varchar, priority integer, envelope text,
+        created_at double precision, expires_at double precision
+    )
+), k AS (
+    INSERT INTO {_K} (idempotency_key, message_id, created_at)
+    SELECT idempotency_key, id, created_at FROM b
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING message_id
+)
 INSERT INTO {_M} (id, idempotency_key, correlation_id, parent_id, sender, receiver,
                   priority, status, envelope, attempts, redrives, created_at, updated_at,
                   due_at, expires_at)
-SELECT id, idempotency_key, correlation_id, parent_id, sender, receiver,
-       priority, 'queued', envelope, 0, 0, created_at, created_at, created_at, expires_at
-FROM json_to_recordset(CAST(:rows AS json)) AS batch(
-    id varchar, idempotency_key varchar, correlation_id varchar, parent_id varchar,
-    sender varchar, receiver varchar, priority integer, envelope text,
-    created_at double precision, expires_at double precision
-)
-ON CONFLICT (idempotency_key) DO NOTHING
+SELECT DISTINCT ON (b.id) b.id, idempotency_key, correlation_id, parent_id, sender,
+       receiver, priority, 'queued', envelope, 0, 0, created_at, created_at, created_at,
+       expires_at
+FROM b JOIN k ON k.message_id = b.id
 RETURNING id, idempotency_key
 """)
 _BATCH_COLUMNS = (
@@ -102,13 +113,20 @@ def insert_many(conn: Connection, rows: Sequence[Any]) -> list[tuple[str, str]]:
 
 
 _INSERT_ONE = text(f"""
+WITH k AS (
+    INSERT INTO {_K} (idempotency_key, message_id, created_at)
+    VALUES (:idempotency_key, :id, :created_at)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING message_id
+)
 INSERT INTO {_M} (id, idempotency_key, correlation_id, parent_id, sender, receiver,
                   priority, status, envelope, attempts, redrives, created_at, updated_at,
                   due_at, expires_at)
-VALUES (:id, :idempotency_key, :correlation_id, :parent_id, :sender, :receiver,
-        :priority, 'queued', :envelope, 0, 0, :created_at, :created_at, :created_at,
-        :expires_at)
-ON CONFLICT (idempotency_key) DO NOTHING
+SELECT message_id, :idempotency_key, :correlation_id, CAST(:parent_id AS varchar),
+       :sender, :receiver, CAST(:priority AS integer), 'queued', :envelope, 0, 0,
+       CAST(:created_at AS double precision), CAST(:created_at AS double precision),
+       CAST(:created_at AS double precision), CAST(:expires_at AS double precision)
+FROM k
 RETURNING id
 """)
 
@@ -199,9 +217,10 @@ def _finish_statement(
 WITH m AS (
     UPDATE {_M} SET {assignments}
     WHERE id = :id AND status = 'running' AND attempts = :attempt
-    RETURNING receiver
+    RETURNING receiver, created_at
 )
-INSERT INTO {_A} (receiver, {columns}) SELECT receiver, {placeholders} FROM m
+INSERT INTO {_A} (receiver, message_created_at, {columns})
+SELECT receiver, created_at, {placeholders} FROM m
 RETURNING 1
 """)
 
@@ -220,10 +239,12 @@ WITH b AS (
         updated_at = b.ended_at, lease_until = NULL
     FROM b
     WHERE t.id = b.id AND t.status = 'running' AND t.attempts = b.attempt
-    RETURNING t.id, t.receiver
+    RETURNING t.id, t.receiver, t.created_at
 )
-INSERT INTO {_A} (message_id, receiver, number, redrive, worker, started_at, ended_at, outcome)
-SELECT b.id, m.receiver, b.attempt, b.redrive, b.worker, b.started_at, b.ended_at, 'delivered'
+INSERT INTO {_A} (message_id, receiver, message_created_at, number, redrive, worker,
+                  started_at, ended_at, outcome)
+SELECT b.id, m.receiver, m.created_at, b.attempt, b.redrive, b.worker, b.started_at,
+       b.ended_at, 'delivered'
 FROM b JOIN m ON m.id = b.id
 RETURNING message_id
 """)
@@ -309,14 +330,16 @@ WITH quick AS MATERIALIZED (
       AND receiver = :receiver
       AND (status IN ('queued', 'retrying') OR (status = 'running' AND lease_until < :now))
       AND (EXISTS (SELECT 1 FROM held) OR coalesce((SELECT slot FROM taken), 0) <= :soon)
-    RETURNING attempts, redrives, recovered_from, envelope, expires_at, receiver
+    RETURNING attempts, redrives, recovered_from, envelope, expires_at, receiver, created_at
 ), lost AS (
-    INSERT INTO {_A} (message_id, receiver, number, redrive, worker, ended_at, outcome, error)
-    SELECT :id, receiver, attempts - 1, redrives, recovered_from, :now, 'lost', :lost_error
+    INSERT INTO {_A} (message_id, receiver, message_created_at, number, redrive, worker,
+                      ended_at, outcome, error)
+    SELECT :id, receiver, created_at, attempts - 1, redrives, recovered_from, :now, 'lost',
+           :lost_error
     FROM c WHERE recovered_from IS NOT NULL
 )
 SELECT (SELECT slot FROM taken) AS slot, quick,
-       c.attempts, c.redrives, c.recovered_from, c.envelope, c.expires_at
+       c.attempts, c.redrives, c.recovered_from, c.envelope, c.expires_at, c.created_at
 FROM quick LEFT JOIN c ON true
 """)
 

@@ -1,8 +1,8 @@
 """Accepting messages, and the operator's changes: redrive and purge.
 
-The idempotent insert relies on the unique key, so the database decides which of
-two senders of one key made the message. Claims live in ``storage/claims.py``, the
-ends of an attempt in ``storage/completion.py``.
+The idempotent insert relies on the keys table's unique key (``MessageKey``), so the
+database decides which of two senders of one key made the message. Claims live in
+``storage/claims.py``, the ends of an attempt in ``storage/completion.py``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 
-from storage import postgres
-from storage.sql import ATTEMPTS, MESSAGES, dialect_insert, status_is
+from storage import partitions, postgres
+from storage.sql import ATTEMPTS, KEYS, MESSAGES, dialect_insert, status_is
 
 __all__ = ["Inserted", "NewMessage", "Republish", "insert_messages", "purge", "redrive"]
 
@@ -59,11 +60,25 @@ class Republish:
 def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted]:
     """Insert messages in one transaction; an existing idempotency key wins.
 
-    The unique constraint decides: ``ON CONFLICT DO NOTHING RETURNING`` tells which
-    rows this call created (``rowcount`` is unreliable for it on psycopg 3), and only
-    the repeated keys pay for a lookup of their first message. A batch is one
-    statement on PostgreSQL (``unnest`` of arrays), one executemany elsewhere (which
-    SQLAlchemy sends as multi-row INSERTs), never a statement per message.
+    On PostgreSQL a week with no partition yet gets one, and the insert runs again.
+    """
+    try:
+        return _insert(engine, rows)
+    except IntegrityError as exc:
+        if not partitions.missing_partition(exc):
+            raise
+    times = [row.created_at for row in rows]
+    partitions.ensure_partitions(engine, min(times), max(times))
+    return _insert(engine, rows)
+
+
+def _insert(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted]:
+    """The keys' unique constraint decides: ``ON CONFLICT DO NOTHING RETURNING`` tells
+    which keys this call took (``rowcount`` is unreliable for it on psycopg 3), only
+    their messages are stored, and only the repeated keys pay for a lookup of their
+    first message. A batch is one statement on PostgreSQL (a JSON recordset), two
+    executemany elsewhere (which SQLAlchemy sends as multi-row INSERTs), never a
+    statement per message.
     """
     if not rows:
         return []
@@ -76,13 +91,11 @@ def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted
         with engine.connect() as conn:
             return [_first_holder(conn, row.idempotency_key)]
     with engine.begin() as conn:
-        # A row comes back for each message stored; a key already taken returns none.
+        # A row comes back for each key taken; a key already taken returns none.
         if conn.dialect.name == "postgresql":
             returned = postgres.insert_many(conn, rows)
         else:
-            statement = _insert_statement(dialect_insert(conn))
-            statement = statement.returning(MESSAGES.c.idempotency_key)
-            returned = [(i, k) for i, k in conn.execute(statement, [_values(r) for r in rows])]
+            returned = _insert_portable(conn, rows)
         created = {key: new_id for new_id, key in returned}
         repeated = {row.idempotency_key for row in rows if row.idempotency_key not in created}
         holders = _first_holders(conn, repeated) if repeated else {}
@@ -96,6 +109,25 @@ def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted
         else:
             results.append(holders[row.idempotency_key])
     return results
+
+
+def _insert_portable(conn: Connection, rows: Sequence[NewMessage]) -> list[tuple[str, str]]:
+    """The keys, then the messages whose keys this call took: (id, key) of each."""
+    keys = (
+        dialect_insert(conn)(KEYS)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(KEYS.c.message_id, KEYS.c.idempotency_key, sort_by_parameter_order=True)
+    )
+    params = [
+        {"idempotency_key": r.idempotency_key, "message_id": r.id, "created_at": r.created_at}
+        for r in rows
+    ]
+    taken = [(i, k) for i, k in conn.execute(keys, params)]
+    ids = {new_id for new_id, _ in taken}
+    stored = {r.id: _values(r) for r in reversed(rows) if r.id in ids}  # first one of an id
+    if stored:
+        conn.execute(insert(MESSAGES), list(stored.values()))
+    return taken
 
 
 def _values(row: NewMessage) -> dict[str, Any]:
@@ -118,23 +150,18 @@ def _values(row: NewMessage) -> dict[str, Any]:
     }
 
 
-def _insert_statement(insert: Any) -> Any:
-    return (
-        insert(MESSAGES)
-        .on_conflict_do_nothing(index_elements=["idempotency_key"])
-        .returning(MESSAGES.c.id)
-    )
-
-
 def _first_holder(conn: Connection, key: str) -> Inserted:
     return _first_holders(conn, {key})[key]
 
 
 def _first_holders(conn: Connection, keys: set[str]) -> dict[str, Inserted]:
     found = conn.execute(
-        select(MESSAGES.c.idempotency_key, MESSAGES.c.id, MESSAGES.c.status).where(
-            MESSAGES.c.idempotency_key.in_(sorted(keys))
+        select(KEYS.c.idempotency_key, MESSAGES.c.id, MESSAGES.c.status)
+        .join(
+            MESSAGES,
+            (MESSAGES.c.id == KEYS.c.message_id) & (MESSAGES.c.created_at == KEYS.c.created_at),
         )
+        .where(KEYS.c.idempotency_key.in_(sorted(keys)))
     )
     return {key: Inserted(message_id, True, status) for key, message_id, status in found}
 
@@ -171,6 +198,7 @@ def purge(engine: Engine, message_ids: Sequence[str]) -> int:
     with engine.begin() as conn:
         dead = select(MESSAGES.c.id).where(MESSAGES.c.id.in_(list(message_ids)), status_is("dead"))
         conn.execute(ATTEMPTS.delete().where(ATTEMPTS.c.message_id.in_(dead)))
+        conn.execute(KEYS.delete().where(KEYS.c.message_id.in_(dead)))
         removed = conn.execute(
             MESSAGES.delete().where(MESSAGES.c.id.in_(list(message_ids)), status_is("dead"))
         ).rowcount

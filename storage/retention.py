@@ -1,7 +1,9 @@
 """Retention: finished messages (delivered or dead) and their attempts, deleted once past
 their window, oldest first, in bounded batches.
 
-Each batch is found through the ``(status, finished_at)`` index and deleted in one
+On PostgreSQL whole weeks go first: a week whose every row is past its window is
+dropped with its attempts' partition (``storage/partitions.py``). The rest goes in
+batches: each is found through the ``(status, finished_at)`` index and deleted in one
 transaction with its attempts; active rows (queued, running, retrying) are never read
 or locked, so deliveries go on meanwhile. On PostgreSQL the batch skips rows another
 transaction holds (a redrive moving one back to ``queued``), and the delete checks the
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, delete, func, select
 
-from storage.sql import ATTEMPTS, MESSAGES, finished
+from storage import partitions
+from storage.sql import ATTEMPTS, KEYS, MESSAGES, finished
 from storage.stats import ROLLUP_LAG_S, fold
 
 __all__ = ["Pruned", "prunable", "prune"]
@@ -51,8 +54,8 @@ def prune(
     Only what the counters have folded goes (``storage/stats.py``): the totals are
     brought up to ``lag_s`` ago first, and nothing younger is deleted.
     """
-    pruned = Pruned()
     folded = fold(engine, now=time.time(), lag_s=lag_s)
+    pruned = _drop_weeks(engine, delivered_before, dead_before, folded)
     for status, before in _windows(delivered_before, dead_before):
         batch = (
             select(MESSAGES.c.id)
@@ -71,8 +74,30 @@ def prune(
             if not ids:
                 continue
             attempts = conn.execute(delete(ATTEMPTS).where(ATTEMPTS.c.message_id.in_(ids)))
+            conn.execute(delete(KEYS).where(KEYS.c.message_id.in_(ids)))
             messages = conn.execute(delete(MESSAGES).where(MESSAGES.c.id.in_(ids)))
         pruned += Pruned(messages.rowcount, attempts.rowcount)
+    return pruned
+
+
+def _drop_weeks(
+    engine: Engine, delivered_before: float | None, dead_before: float | None, folded: float
+) -> Pruned:
+    """Whole weeks past every window, dropped (PostgreSQL's partitions): only weeks that
+    ended before the windows and the counters' watermark, and only if no row in them is
+    kept (``partitions.drop_week`` checks each)."""
+    if not partitions.partitioned(engine) or (delivered_before is None and dead_before is None):
+        return Pruned()
+    boundary = min(c for c in (delivered_before, dead_before, folded) if c is not None)
+    with engine.connect() as conn:
+        candidates = [week for week in partitions.weeks(conn) if week.end <= boundary]
+    pruned = Pruned()
+    for week in candidates:
+        dropped = partitions.drop_week(
+            engine, week, delivered_before=delivered_before, dead_before=dead_before
+        )
+        if dropped is not None:
+            pruned += Pruned(*dropped)
     return pruned
 
 

@@ -15,6 +15,7 @@ from storage.tables import (
     AuditEntry,
     BrokerEpoch,
     Message,
+    MessageKey,
     RateBucket,
     RevokedSubject,
     Subscription,
@@ -32,6 +33,7 @@ __all__ = [
     "BROKER_EPOCHS",
     "CLAIMABLE",
     "FINISHED",
+    "KEYS",
     "MESSAGES",
     "RATE_BUCKETS",
     "REVOKED_SUBJECTS",
@@ -47,6 +49,7 @@ __all__ = [
 
 MESSAGES = table_of(Message)
 ATTEMPTS = table_of(Attempt)
+KEYS = table_of(MessageKey)
 AGENTS = table_of(Agent)
 AGENT_TOTALS = table_of(AgentTotal)
 SUBSCRIPTIONS = table_of(Subscription)

@@ -91,6 +91,7 @@ def recover_expired(engine: Engine, *, now: float) -> list[Republish]:
                 MESSAGES.c.attempts,
                 MESSAGES.c.redrives,
                 MESSAGES.c.claimed_by,
+                MESSAGES.c.created_at,
             ).where(
                 status_is("running"),
                 MESSAGES.c.lease_until < now,
@@ -117,6 +118,7 @@ def recover_expired(engine: Engine, *, now: float) -> list[Republish]:
                 ATTEMPTS.insert().values(
                     message_id=row.id,
                     receiver=row.receiver,
+                    message_created_at=row.created_at,
                     number=row.attempts,
                     redrive=row.redrives,
                     worker=row.claimed_by,

@@ -22,6 +22,7 @@ __all__ = [
     "AuditEntry",
     "BrokerEpoch",
     "Message",
+    "MessageKey",
     "RateBucket",
     "RevokedSubject",
     "Subscription",
@@ -58,8 +59,10 @@ class Message(SQLModel, table=True):
         _partial("ix_agentpost_messages_dead", "status = 'dead'", "receiver"),
     )
 
+    # On PostgreSQL the key is (id, created_at) and the table is partitioned by week of
+    # created_at (migration 0014); MessageKey keeps the key and the id unique.
     id: str = Field(primary_key=True, max_length=36)
-    idempotency_key: str = Field(max_length=255, unique=True)
+    idempotency_key: str = Field(max_length=255)
     correlation_id: str = Field(max_length=255, index=True)
     parent_id: str | None = Field(default=None, max_length=36, index=True)
     sender: str = Field(max_length=64)
@@ -105,6 +108,9 @@ class Attempt(SQLModel, table=True):
     # The message's receiver, copied: the counters group recent attempts by agent
     # without a lookup in the messages' key for each.
     receiver: str = Field(max_length=64)
+    # The message's created_at, copied: on PostgreSQL the attempts are partitioned by
+    # it, so a week's messages and their attempts are dropped together.
+    message_created_at: float
     number: int
     redrive: int = 0
     worker: str | None = Field(default=None, max_length=255)
@@ -114,6 +120,22 @@ class Attempt(SQLModel, table=True):
     outcome: str = Field(max_length=16)
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     traceback: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+
+
+class MessageKey(SQLModel, table=True):
+    """An accepted message's idempotency key: unique for as long as the message is kept
+    (a partitioned table cannot hold a unique key of its own)."""
+
+    __tablename__ = "agentpost_message_keys"
+    __table_args__ = (
+        Index("ix_agentpost_message_keys_message_id", "message_id", unique=True),
+        # Retention deletes a dropped week's keys by it.
+        Index("ix_agentpost_message_keys_created_at", "created_at"),
+    )
+
+    idempotency_key: str = Field(primary_key=True, max_length=255)
+    message_id: str = Field(max_length=36)
+    created_at: float
 
 
 class Agent(SQLModel, table=True):

@@ -18,7 +18,7 @@ from sqlmodel import SQLModel
 
 import storage
 from messaging import Client, SchemaOutdated, Settings
-from storage.migrate import VERSION_TABLE
+from storage.migrate import VERSION_TABLE, include_name
 from tests.conftest import AGENTPOST, ROOT
 
 
@@ -62,21 +62,33 @@ def test_upgrade_from_empty_reaches_head(database_url: str) -> None:
     } <= _tables(engine)
     # The migrated schema is exactly what the models declare: nothing left to generate
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        opts = {"version_table": VERSION_TABLE, "include_name": include_name}
+        context = MigrationContext.configure(conn, opts=opts)
         assert compare_metadata(context, SQLModel.metadata) == []
-    # and on PostgreSQL the tables that grow are vacuumed before a fifth of them is dead
+    # and on PostgreSQL the tables that grow are partitioned by week, this week's and
+    # the next two made, each partition vacuumed before a fifth of it is dead
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            options = dict(
+            kinds = dict(
                 conn.execute(
                     text(
-                        "SELECT relname, reloptions FROM pg_class WHERE relname IN "
+                        "SELECT relname, relkind FROM pg_class WHERE relname IN "
                         "('agentpost_messages', 'agentpost_attempts')"
                     )
                 ).all()
             )
-        for table in ("agentpost_messages", "agentpost_attempts"):
-            assert "autovacuum_vacuum_scale_factor=0.02" in options[table], options
+            partitions = conn.execute(
+                text(
+                    "SELECT c.relname, c.reloptions FROM pg_inherits i "
+                    "JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent IN (CAST('agentpost_messages' AS regclass), "
+                    "CAST('agentpost_attempts' AS regclass))"
+                )
+            ).all()
+        assert kinds == {"agentpost_messages": "p", "agentpost_attempts": "p"}
+        assert len(partitions) == 6, partitions
+        for name, options in partitions:
+            assert "autovacuum_vacuum_scale_factor=0.02" in options, (name, options)
 
 
 def test_a_store_behind_is_refused_with_the_command_that_fixes_it(

@@ -7,10 +7,12 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError
 
 import storage
 from tests.conftest import AGENTPOST, ROOT, new_row, stored_row
@@ -274,3 +276,98 @@ def test_db_prune_deletes_what_an_operator_names(engine: Engine, tmp_path: Path)
     assert prune("--older-than", "7d").startswith("deleted 1 message(s) and 1 attempt(s)")
     assert storage.get_message(engine, old) is None
     assert storage.get_message(engine, recent) is not None
+
+
+@pytest.fixture
+def pg_engine(pg_database: str) -> Iterator[Engine]:
+    engine = storage.engine_for(pg_database)
+    storage.create_schema(engine)
+    yield engine
+    storage.dispose_engines()
+
+
+def _partitions(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                text(
+                    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = CAST('agentpost_messages' AS regclass)"
+                )
+            ).scalars()
+        )
+
+
+def _week(at: float) -> str:
+    monday = datetime.fromtimestamp(at, UTC).date()
+    monday -= timedelta(days=monday.weekday())
+    return f"agentpost_messages_p{monday:%Y%m%d}"
+
+
+def test_postgres_keeps_a_partition_a_week_and_retention_drops_the_weeks_past_every_window(
+    pg_engine: Engine,
+) -> None:
+    engine = pg_engine
+    now = time.time()
+    # Given a week 10 weeks ago with only delivered and dead messages past their
+    # windows, one 20 weeks ago that also holds a message still waiting, and one 30
+    # weeks ago whose dead message is inside a longer dead window
+    gone = [
+        _finish(engine, "gone-1", at=now - 70 * DAY),
+        _finish(engine, "gone-2", at=now - 70 * DAY, dead=True),
+    ]
+    waiting_row = replace(new_row("waiting"), created_at=now - 140 * DAY)
+    [waiting] = storage.insert_messages(engine, [waiting_row])
+    _finish(engine, "done-beside-waiting", at=now - 140 * DAY)
+    kept_dead = _finish(engine, "kept-dead", at=now - 210 * DAY, dead=True)
+    # (each send made its week's partition when it found none)
+    weeks = {_week(now - 70 * DAY), _week(now - 140 * DAY), _week(now - 210 * DAY)}
+    assert weeks <= _partitions(engine)
+    # When retention runs with a week's window for delivered messages, 60 days for
+    # dead ones, and a dead message 210 days old kept by its own later death
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE agentpost_messages SET finished_at = :at WHERE id = :id"),
+            {"at": now - DAY, "id": kept_dead},
+        )
+    pruned = storage.prune(
+        engine, delivered_before=now - 7 * DAY, dead_before=now - 60 * DAY, limit=1000
+    )
+    # Then the week with nothing to keep is dropped whole, attempts and keys with it
+    assert pruned == storage.Pruned(
+        3, 3
+    )  # the week's 2, and the delivered one beside the waiting one
+    assert _week(now - 70 * DAY) not in _partitions(engine)
+    assert all(storage.get_message(engine, m) is None for m in gone)
+    [again] = storage.insert_messages(engine, [new_row("gone-1")])
+    assert not again.duplicate
+    # And the weeks holding a waiting message or a dead one inside its window stay
+    assert {_week(now - 140 * DAY), _week(now - 210 * DAY)} <= _partitions(engine)
+    assert storage.get_message(engine, waiting.message_id) is not None
+    assert storage.get_message(engine, kept_dead) is not None
+    assert storage.insert_messages(engine, [new_row("waiting")])[0].duplicate
+
+
+def test_postgres_keys_and_ids_stay_unique_across_weeks(pg_engine: Engine) -> None:
+    engine = pg_engine
+    now = time.time()
+    # Given a message sent 5 weeks ago
+    first = replace(new_row("k"), created_at=now - 35 * DAY)
+    [stored] = storage.insert_messages(engine, [first])
+    # When its key comes again now, alone and in a batch: the first message answers
+    assert storage.insert_messages(engine, [new_row("k")])[0].message_id == stored.message_id
+    batch = storage.insert_messages(engine, [new_row("k"), new_row("other")])
+    assert [r.duplicate for r in batch] == [True, False]
+    assert batch[0].message_id == stored.message_id
+    # And its id under another key, in another week, is refused
+    with pytest.raises(IntegrityError):
+        storage.insert_messages(engine, [replace(first, idempotency_key="k2", created_at=now)])
+
+
+def test_the_partitions_of_the_weeks_ahead_are_made_once(pg_engine: Engine) -> None:
+    engine = pg_engine
+    far = time.time() + 10 * 7 * DAY
+    assert _week(far) not in _partitions(engine)
+    assert storage.ensure_partitions(engine, far, far + storage.AHEAD_S) == 6
+    assert storage.ensure_partitions(engine, far, far + storage.AHEAD_S) == 0
+    assert _week(far) in _partitions(engine)

@@ -27,7 +27,10 @@ Every sweep, in this order:
    counting those waiting;
 6. the counters' fold (``storage/stats.py``), then retention: at most ``prune_batch``
    delivered messages finished more than ``retain_delivered_s`` ago, and as many dead
-   ones past ``retain_dead_s``, deleted with their attempts (``storage/retention.py``).
+   ones past ``retain_dead_s``, deleted with their attempts (``storage/retention.py``;
+   on PostgreSQL a week whose every row is past its window goes first, whole);
+7. on PostgreSQL, the partitions of the weeks up to ``storage.AHEAD_S`` ahead
+   (``storage/partitions.py``), so a send never waits to make one.
 
 A sweep the broker fails under (a restart, a time-out) publishes nothing twice: a
 failed publish takes back its rows' marks and closes the journal, and a failed count
@@ -48,6 +51,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 import storage
 from wire.app import AgentpostCelery
@@ -123,6 +127,7 @@ def _steps(
     )
     storage.end_sweep(engine, started_at=now, now=time.time())
     _prune(app, engine, now)
+    _partitions_ahead(engine, now)
     if rows or spares or tokens:
         log.warning(
             "sweeper: %d message(s) of a broker that lost them, %d lost attempt(s), "
@@ -170,6 +175,16 @@ def _prune(app: AgentpostCelery, engine: Engine, now: float) -> None:
             pruned.messages,
             pruned.attempts,
         )
+
+
+def _partitions_ahead(engine: Engine, now: float) -> None:
+    try:
+        made = storage.ensure_partitions(engine, now, now + storage.AHEAD_S)
+    except OperationalError as exc:  # its lock was busy: the next sweep makes them
+        log.warning("sweeper: partitions ahead not made this time: %s", exc.orig)
+        return
+    if made:
+        log.info("sweeper: made %d partition(s) for the weeks ahead", made)
 
 
 def _publish(

@@ -6,6 +6,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 from storage import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+from storage.migrate import include_name
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -20,6 +21,7 @@ def run() -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         version_table="agentpost_alembic_version",
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
