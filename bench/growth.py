@@ -76,15 +76,23 @@ SELECT md5(n::text || 'm')::uuid::text, 'k' || n, md5((n / 4)::text)::uuid::text
 FROM generate_series(1, :rows) AS n
 """
 _FILL_ATTEMPTS = """
-INSERT INTO agentpost_attempts (message_id, receiver, number, redrive, worker, started_at,
-    ended_at, outcome, error)
-SELECT id, receiver, 1, 0, 'host:1', created_at, finished_at,
+INSERT INTO agentpost_attempts (message_id, receiver, message_created_at, number, redrive,
+    worker, started_at, ended_at, outcome, error)
+SELECT id, receiver, created_at, 1, 0, 'host:1', created_at, finished_at,
     CASE WHEN status = 'dead' THEN 'dead' ELSE 'delivered' END, error
 FROM agentpost_messages WHERE receiver LIKE 'agent-%'
 """
+_FILL_KEYS = """
+INSERT INTO agentpost_message_keys (idempotency_key, message_id, created_at)
+SELECT idempotency_key, id, created_at FROM agentpost_messages WHERE receiver LIKE 'agent-%'
+"""
+# The partitioned tables' sizes are their partitions'.
 _SIZES = """
-SELECT relname, pg_total_relation_size(c.oid) FROM pg_class c
-WHERE relname IN ('agentpost_messages', 'agentpost_attempts')
+SELECT CAST(name AS text), CAST(coalesce(
+    (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree(name)),
+    pg_total_relation_size(name)) AS bigint)
+FROM unnest(ARRAY['agentpost_messages', 'agentpost_attempts', 'agentpost_message_keys']
+            ::regclass[]) AS name
 """
 
 
@@ -93,14 +101,14 @@ def fill(db_url: str, rows: int) -> float:
     started = time.perf_counter()
     engine = create_engine(db_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     span = 30 * 86400.0
+    start = time.time() - span - 3600
+    storage.ensure_partitions(storage.engine_for(db_url), start, time.time())
     with engine.connect() as conn:
-        conn.execute(
-            text(_FILL),
-            {"rows": rows, "start": time.time() - span - 3600, "step": span / max(rows, 1)},
-        )
+        conn.execute(text(_FILL), {"rows": rows, "start": start, "step": span / max(rows, 1)})
         conn.execute(text(_FILL_ATTEMPTS))
-        conn.execute(text("VACUUM ANALYZE agentpost_messages"))
-        conn.execute(text("VACUUM ANALYZE agentpost_attempts"))
+        conn.execute(text(_FILL_KEYS))
+        for table in ("agentpost_messages", "agentpost_attempts", "agentpost_message_keys"):
+            conn.execute(text(f"VACUUM ANALYZE {table}"))
     engine.dispose()
     return time.perf_counter() - started
 
@@ -175,6 +183,7 @@ def measure(args: argparse.Namespace, db_url: str, home: Path, tag: str) -> dict
         sizes = dict(conn.execute(text(_SIZES)).all())
     figures["messages MB"] = sizes.get("agentpost_messages", 0) / 1e6
     figures["attempts MB"] = sizes.get("agentpost_attempts", 0) / 1e6
+    figures["keys MB"] = sizes.get("agentpost_message_keys", 0) / 1e6
     client.close()
     return figures
 

@@ -165,10 +165,11 @@ def what_if(engine: Engine, pending: list[dict[str, Any]]) -> Callable[[int], No
     complete = text(
         "WITH u AS (UPDATE agentpost_messages SET status = 'delivered', reply = :reply, "
         "finished_at = :now, error = NULL, updated_at = :now, lease_until = NULL "
-        "WHERE id = :id AND status = 'running' AND attempts = :attempt RETURNING receiver) "
-        "INSERT INTO agentpost_attempts (message_id, receiver, number, redrive, worker, "
-        "started_at, ended_at, outcome) SELECT :id, receiver, :attempt, :redrive, :worker, "
-        ":started, :now, 'delivered' FROM u"
+        "WHERE id = :id AND status = 'running' AND attempts = :attempt "
+        "RETURNING receiver, created_at) "
+        "INSERT INTO agentpost_attempts (message_id, receiver, message_created_at, number, "
+        "redrive, worker, started_at, ended_at, outcome) SELECT :id, receiver, created_at, "
+        ":attempt, :redrive, :worker, :started, :now, 'delivered' FROM u"
     )
     conn = engine.connect()
 

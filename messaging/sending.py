@@ -222,7 +222,7 @@ class Sender:
 
         # Mailbox agents pull from the store: nothing to publish for them.
         tasks = [
-            DeliveryTask(row.id, env.receiver, env.priority, wire, _summary(env))
+            DeliveryTask(row.id, env.receiver, env.priority, wire, _summary(env), created_at=now)
             for (env, wire), row, outcome in zip(checked, rows, inserted, strict=True)
             if not outcome.duplicate and self._known.get(env.receiver) != "mailbox"
         ]

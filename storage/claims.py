@@ -6,16 +6,25 @@ read-then-write), so the database decides which of two racing claims wins.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, and_, case, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from storage import postgres
-from storage.sql import ATTEMPTS, MESSAGES, claimable, status_is, waiting
+from storage.sql import ATTEMPTS, MESSAGES, by_id, claimable, status_is, waiting
 
-__all__ = ["Claim", "Taken", "claim", "claim_next", "claim_next_on", "claim_row_on", "take"]
+__all__ = [
+    "Claim",
+    "Taken",
+    "claim",
+    "claim_next",
+    "claim_next_on",
+    "claim_of",
+    "claim_row_on",
+    "take",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +34,9 @@ class Claim:
     attempt: int
     redrive: int
     recovered_from: str | None
+    # The row's: the statements that end the attempt find its partition by it (where
+    # the row is, not what the claim is: left out of comparisons).
+    created_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,29 +58,44 @@ def claim(
     died). SET expressions see the row's old values, which is how
     ``recovered_from`` learns, in the same statement, whose lease was taken over.
     """
-    row = _claim_row(engine, message_id, None, worker=worker, now=now, lease_s=lease_s)
-    return None if row is None else Claim(row.attempts, row.redrives, row.recovered_from)
+    row = _claim_row(engine, message_id, None, None, worker=worker, now=now, lease_s=lease_s)
+    return None if row is None else claim_of(row)
+
+
+def claim_of(row: Any) -> Claim:
+    """The claim a claim statement's row tells."""
+    return Claim(row.attempts, row.redrives, row.recovered_from, row.created_at)
 
 
 def take(
-    engine: Engine, message_id: str, receiver: str, *, worker: str, now: float, lease_s: float
+    engine: Engine,
+    message_id: str,
+    receiver: str,
+    *,
+    created_at: float | None = None,
+    worker: str,
+    now: float,
+    lease_s: float,
 ) -> Taken | None:
     """``claim`` for a delivery task: only a message of ``receiver``, with its stored envelope.
 
     The task names the message; the row says what it is. A task whose id belongs to
-    another agent's message claims nothing.
+    another agent's message claims nothing. ``created_at``: the row's, when the task
+    carries it (a task published before it did has none).
     """
-    row = _claim_row(engine, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
+    row = _claim_row(
+        engine, message_id, receiver, created_at, worker=worker, now=now, lease_s=lease_s
+    )
     if row is None:
         return None
-    claim_ = Claim(row.attempts, row.redrives, row.recovered_from)
-    return Taken(message_id, claim_, row.envelope, row.expires_at)
+    return Taken(message_id, claim_of(row), row.envelope, row.expires_at)
 
 
 def _claim_row(
     engine: Engine,
     message_id: str,
     receiver: str | None,
+    created_at: float | None,
     *,
     worker: str,
     now: float,
@@ -76,10 +103,24 @@ def _claim_row(
 ) -> Any:
     if engine.dialect.name == "postgresql":
         return postgres.claim(
-            engine, message_id, receiver=receiver, worker=worker, now=now, lease_s=lease_s
+            engine,
+            message_id,
+            receiver=receiver,
+            created_at=created_at,
+            worker=worker,
+            now=now,
+            lease_s=lease_s,
         )
     with engine.begin() as conn:
-        return claim_row_on(conn, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
+        return claim_row_on(
+            conn,
+            message_id,
+            receiver,
+            created_at=created_at,
+            worker=worker,
+            now=now,
+            lease_s=lease_s,
+        )
 
 
 def claim_row_on(
@@ -87,13 +128,14 @@ def claim_row_on(
     message_id: str,
     receiver: str | None,
     *,
+    created_at: float | None = None,
     worker: str,
     now: float,
     lease_s: float,
 ) -> Any:
     """The claim as a portable statement on ``conn`` (inside the caller's transaction)."""
     where = [
-        MESSAGES.c.id == message_id,
+        by_id(message_id, created_at),
         or_(
             waiting(),
             and_(status_is("running"), MESSAGES.c.lease_until < now),
@@ -199,5 +241,4 @@ def claim_next_on(
         return None
     if row.recovered_from is not None:
         _record_lost(conn, row.id, row, now)
-    claim_ = Claim(row.attempts, row.redrives, row.recovered_from)
-    return Taken(row.id, claim_, row.envelope, row.expires_at)
+    return Taken(row.id, claim_of(row), row.envelope, row.expires_at)

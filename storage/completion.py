@@ -59,29 +59,39 @@ def _finish(
         "traceback": traceback,
     }
     if isinstance(engine, Connection):
-        return _finish_on(engine, message_id, claim_.attempt, values, attempt_row)
+        return _finish_on(engine, message_id, claim_, values, attempt_row)
     if engine.dialect.name == "postgresql":
         return postgres.finish(
-            engine, message_id, attempt=claim_.attempt, values=values, attempt_row=attempt_row
+            engine,
+            message_id,
+            attempt=claim_.attempt,
+            created_at=claim_.created_at,
+            values=values,
+            attempt_row=attempt_row,
         )
     with engine.begin() as conn:
-        return _finish_on(conn, message_id, claim_.attempt, values, attempt_row)
+        return _finish_on(conn, message_id, claim_, values, attempt_row)
 
 
 def _finish_on(
     conn: Connection,
     message_id: str,
-    attempt: int,
+    claim_: Claim,
     values: dict[str, Any],
     attempt_row: dict[str, Any],
 ) -> bool:
     if conn.dialect.name == "postgresql":
         return postgres.finish_on(
-            conn, message_id, attempt=attempt, values=values, attempt_row=attempt_row
+            conn,
+            message_id,
+            attempt=claim_.attempt,
+            created_at=claim_.created_at,
+            values=values,
+            attempt_row=attempt_row,
         )
     moved = conn.execute(
         update(MESSAGES)
-        .where(fenced(message_id, attempt))
+        .where(fenced(message_id, claim_.attempt, claim_.created_at))
         .values(**values)
         .returning(MESSAGES.c.receiver, MESSAGES.c.created_at)
     ).one_or_none()
@@ -142,6 +152,7 @@ def complete_many(engine: Engine, done: Sequence[Delivered]) -> list[str]:
                     "started_at": d.started_at,
                     "ended_at": d.ended_at,
                     "reply": d.reply,
+                    "created_at": d.claim.created_at,
                 }
                 for d in done
             ],

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, case, func, literal, select, update
 
 from storage import postgres
-from storage.claims import Claim, Taken, claim_next_on, claim_row_on
+from storage.claims import Taken, claim_next_on, claim_of, claim_row_on
 from storage.sql import AGENTS, MESSAGES, claimable, status_is, waiting
 
 __all__ = [
@@ -102,7 +102,7 @@ def take_limited(
         )
         if got.attempts is None:
             return Busy(int(got.running)) if got.running >= limit else None
-        claim = Claim(got.attempts, got.redrives, got.recovered_from)
+        claim = claim_of(got)
         return Taken(message_id, claim, got.envelope, got.expires_at)
     with _begin(engine) as conn:
         if conn.dialect.name == "postgresql":
@@ -124,7 +124,7 @@ def take_limited(
         row = claim_row_on(conn, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
     if row is None:
         return None
-    claim = Claim(row.attempts, row.redrives, row.recovered_from)
+    claim = claim_of(row)
     return Taken(message_id, claim, row.envelope, row.expires_at)
 
 
@@ -171,7 +171,7 @@ def take_rated(
             lease_s=lease_s,
         )
         if got.attempts is not None:
-            claim = Claim(got.attempts, got.redrives, got.recovered_from)
+            claim = claim_of(got)
             return Taken(message_id, claim, got.envelope, got.expires_at)
         return Later(got.slot) if got.slot is not None and got.slot > soon else None
     slot = rate_slot(engine, message_id, receiver, interval_s=interval_s, now=now)
@@ -183,7 +183,7 @@ def take_rated(
         row = claim_row_on(conn, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
     if row is None:
         return None
-    claim = Claim(row.attempts, row.redrives, row.recovered_from)
+    claim = claim_of(row)
     return Taken(message_id, claim, row.envelope, row.expires_at)
 
 

@@ -42,7 +42,9 @@ _AG = table_of(Agent).name
 _K = table_of(MessageKey).name
 LOST_ERROR = "worker lost: lease expired before the attempt finished"
 
-_CLAIM = text(f"""
+# The claim; given the row's created_at (``_CLAIM_IN_WEEK``) it reads only the partition of
+# the row's week.
+_CLAIM_SQL = f"""
 WITH c AS (
     UPDATE {_M} SET
         status = 'running',
@@ -51,7 +53,7 @@ WITH c AS (
         claimed_by = :worker,
         recovered_from = CASE WHEN status = 'running' THEN coalesce(claimed_by, '?') END,
         updated_at = :now
-    WHERE id = :id
+    WHERE id = :id{{week}}
       AND receiver = coalesce(CAST(:receiver AS VARCHAR), receiver)
       AND (status IN ('queued', 'retrying') OR (status = 'running' AND lease_until < :now))
     RETURNING attempts, redrives, recovered_from, envelope, expires_at, receiver, created_at
@@ -63,7 +65,9 @@ WITH c AS (
     FROM c WHERE recovered_from IS NOT NULL
 )
 SELECT attempts, redrives, recovered_from, envelope, expires_at, created_at FROM c
-""")
+"""
+_CLAIM = text(_CLAIM_SQL.format(week=""))
+_CLAIM_IN_WEEK = text(_CLAIM_SQL.format(week=" AND created_at = :created_at"))
 
 
 # A batch as one JSON array of rows: a statement whose text never changes (psycopg
@@ -145,23 +149,25 @@ def claim(
     message_id: str,
     *,
     receiver: str | None,
+    created_at: float | None,
     worker: str,
     now: float,
     lease_s: float,
 ) -> Any:
-    """The claim row (attempts, redrives, recovered_from, envelope, expires_at) or ``None``."""
-    rows = _raw(
-        engine,
-        _CLAIM,
-        {
-            "id": message_id,
-            "receiver": receiver,
-            "worker": worker,
-            "now": now,
-            "lease_until": now + lease_s,
-            "lost_error": LOST_ERROR,
-        },
-    )
+    """The claim row (attempts, redrives, recovered_from, envelope, expires_at,
+    created_at) or ``None``."""
+    params = {
+        "id": message_id,
+        "receiver": receiver,
+        "worker": worker,
+        "now": now,
+        "lease_until": now + lease_s,
+        "lost_error": LOST_ERROR,
+    }
+    if created_at is None:
+        rows = _raw(engine, _CLAIM, params)
+    else:
+        rows = _raw(engine, _CLAIM_IN_WEEK, {**params, "created_at": created_at})
     return rows[0] if rows else None
 
 
@@ -170,15 +176,17 @@ def finish(
     message_id: str,
     *,
     attempt: int,
+    created_at: float | None,
     values: dict[str, Any],
     attempt_row: dict[str, Any],
 ) -> bool:
     """Move the fenced row on with ``values`` and insert its attempt: one statement.
 
     Fenced off (another claim took the row over), nothing changes: that attempt was
-    already recorded as lost by the takeover.
+    already recorded as lost by the takeover. ``created_at``: the row's, from its claim
+    (its week's partition alone is read).
     """
-    statement, params = _finish(message_id, attempt, values, attempt_row)
+    statement, params = _finish(message_id, attempt, created_at, values, attempt_row)
     return bool(_raw(engine, statement, params))
 
 
@@ -187,19 +195,26 @@ def finish_on(
     message_id: str,
     *,
     attempt: int,
+    created_at: float | None,
     values: dict[str, Any],
     attempt_row: dict[str, Any],
 ) -> bool:
     """``finish`` on the caller's connection (inside its transaction, for exactly-once)."""
-    statement, params = _finish(message_id, attempt, values, attempt_row)
+    statement, params = _finish(message_id, attempt, created_at, values, attempt_row)
     return bool(conn.execute(statement, params).scalar())
 
 
 def _finish(
-    message_id: str, attempt: int, values: dict[str, Any], attempt_row: dict[str, Any]
+    message_id: str,
+    attempt: int,
+    created_at: float | None,
+    values: dict[str, Any],
+    attempt_row: dict[str, Any],
 ) -> tuple[TextClause, dict[str, Any]]:
-    statement = _finish_statement(tuple(values), tuple(attempt_row))
-    params = {"id": message_id, "attempt": attempt}
+    statement = _finish_statement(tuple(values), tuple(attempt_row), created_at is not None)
+    params: dict[str, Any] = {"id": message_id, "attempt": attempt}
+    if created_at is not None:
+        params["created_at"] = created_at
     params.update({f"v_{k}": v for k, v in values.items()})
     params.update({f"a_{k}": v for k, v in attempt_row.items()})
     return statement, params
@@ -207,16 +222,17 @@ def _finish(
 
 @cache
 def _finish_statement(
-    value_columns: tuple[str, ...], attempt_columns: tuple[str, ...]
+    value_columns: tuple[str, ...], attempt_columns: tuple[str, ...], in_week: bool
 ) -> TextClause:
     # A handful of column sets exist (delivered, retry, dead): built once each.
     assignments = ", ".join(f"{column} = :v_{column}" for column in value_columns)
     columns = ", ".join(attempt_columns)
     placeholders = ", ".join(f":a_{column}" for column in attempt_columns)
+    week = " AND created_at = :created_at" if in_week else ""
     return text(f"""
 WITH m AS (
     UPDATE {_M} SET {assignments}
-    WHERE id = :id AND status = 'running' AND attempts = :attempt
+    WHERE id = :id{week} AND status = 'running' AND attempts = :attempt
     RETURNING receiver, created_at
 )
 INSERT INTO {_A} (receiver, message_created_at, {columns})
@@ -226,19 +242,21 @@ RETURNING 1
 
 
 # A batch of completions as one JSON array (as _INSERT_MANY): each row fenced on its own
-# attempt, and an attempt row only for the messages the UPDATE moved.
-_COMPLETE_MANY = text(f"""
+# attempt, and an attempt row only for the messages the UPDATE moved. With the rows'
+# created_at (``_COMPLETE_MANY_IN_WEEK``) each is looked up in its week's partition.
+_COMPLETE_MANY_SQL = f"""
 WITH b AS (
     SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS b(
         id varchar, attempt integer, redrive integer, worker varchar,
-        started_at double precision, ended_at double precision, reply text
+        started_at double precision, ended_at double precision, reply text,
+        created_at double precision
     )
 ), m AS (
     UPDATE {_M} AS t SET
         status = 'delivered', reply = b.reply, finished_at = b.ended_at, error = NULL,
         updated_at = b.ended_at, lease_until = NULL
     FROM b
-    WHERE t.id = b.id AND t.status = 'running' AND t.attempts = b.attempt
+    WHERE t.id = b.id{{week}} AND t.status = 'running' AND t.attempts = b.attempt
     RETURNING t.id, t.receiver, t.created_at
 )
 INSERT INTO {_A} (message_id, receiver, message_created_at, number, redrive, worker,
@@ -247,7 +265,9 @@ SELECT b.id, m.receiver, m.created_at, b.attempt, b.redrive, b.worker, b.started
        b.ended_at, 'delivered'
 FROM b JOIN m ON m.id = b.id
 RETURNING message_id
-""")
+"""
+_COMPLETE_MANY = text(_COMPLETE_MANY_SQL.format(week=""))
+_COMPLETE_MANY_IN_WEEK = text(_COMPLETE_MANY_SQL.format(week=" AND t.created_at = b.created_at"))
 
 
 def complete_many(engine: Engine, done: Sequence[dict[str, Any]]) -> list[str]:
@@ -255,7 +275,9 @@ def complete_many(engine: Engine, done: Sequence[dict[str, Any]]) -> list[str]:
 
     ``done``: one dict a message, with the columns of ``_COMPLETE_MANY``'s ``b``.
     """
-    rows = _raw(engine, _COMPLETE_MANY, {"rows": json.dumps(list(done))})
+    in_week = all(d.get("created_at") is not None for d in done)
+    statement = _COMPLETE_MANY_IN_WEEK if in_week else _COMPLETE_MANY
+    rows = _raw(engine, statement, {"rows": json.dumps(list(done))})
     return [row.message_id for row in rows]
 
 
@@ -276,7 +298,7 @@ def reply_state(engine: Engine, message_id: str) -> Any:
 # The claim under a concurrency limit is a function (migration 0009): it locks the
 # agent's row, then counts, then claims, each statement on a fresh snapshot.
 _CLAIM_LIMITED = text("""
-SELECT running, attempts, redrives, recovered_from, envelope, expires_at
+SELECT running, attempts, redrives, recovered_from, envelope, expires_at, created_at
 FROM agentpost_claim_limited(:id, :receiver, :limit, :worker, :now, :lease_until, :lost_error)
 """)
 

@@ -55,6 +55,7 @@ class Republish:
     priority: int
     envelope: str
     due_at: float | None = None  # a retry waiting for its countdown; None: due now
+    created_at: float | None = None  # the row's: its task carries it (see wire/publish)
 
 
 def insert_messages(engine: Engine, rows: Sequence[NewMessage]) -> list[Inserted]:
@@ -184,11 +185,18 @@ def redrive(engine: Engine, message_id: str, *, now: float) -> Republish | None:
                 handed_at=None,  # the redriving client hands it anew
                 spare_at=None,
             )
-            .returning(MESSAGES.c.receiver, MESSAGES.c.priority, MESSAGES.c.envelope)
+            .returning(
+                MESSAGES.c.receiver,
+                MESSAGES.c.priority,
+                MESSAGES.c.envelope,
+                MESSAGES.c.created_at,
+            )
         ).one_or_none()
     if row is None:
         return None
-    return Republish(message_id, row.receiver, row.priority, row.envelope)
+    return Republish(
+        message_id, row.receiver, row.priority, row.envelope, created_at=row.created_at
+    )
 
 
 def purge(engine: Engine, message_ids: Sequence[str]) -> int:

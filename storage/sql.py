@@ -39,6 +39,7 @@ __all__ = [
     "REVOKED_SUBJECTS",
     "SUBSCRIPTIONS",
     "SWEEP_JOURNAL",
+    "by_id",
     "claimable",
     "dialect_insert",
     "fenced",
@@ -103,10 +104,18 @@ def finished(status: str | None = None) -> Any:
     return test if status is None else and_(test, status_is(status))
 
 
-def fenced(message_id: str, attempt: int) -> Any:
+def by_id(message_id: str, created_at: float | None = None) -> Any:
+    """The row of ``message_id``; with its ``created_at`` too, PostgreSQL reads only the
+    partition of its week (``storage/partitions.py``), not each one's key."""
+    if created_at is None:
+        return MESSAGES.c.id == message_id
+    return and_(MESSAGES.c.id == message_id, MESSAGES.c.created_at == created_at)
+
+
+def fenced(message_id: str, attempt: int, created_at: float | None = None) -> Any:
     """The row, only while this attempt still owns it (a takeover bumps ``attempts``)."""
     return and_(
-        MESSAGES.c.id == message_id,
+        by_id(message_id, created_at),
         status_is("running"),
         MESSAGES.c.attempts == attempt,
     )

@@ -47,6 +47,7 @@ _REPUBLISH = (
     MESSAGES.c.priority,
     MESSAGES.c.envelope,
     MESSAGES.c.due_at,
+    MESSAGES.c.created_at,
 )
 
 
@@ -91,7 +92,6 @@ def recover_expired(engine: Engine, *, now: float) -> list[Republish]:
                 MESSAGES.c.attempts,
                 MESSAGES.c.redrives,
                 MESSAGES.c.claimed_by,
-                MESSAGES.c.created_at,
             ).where(
                 status_is("running"),
                 MESSAGES.c.lease_until < now,
@@ -102,7 +102,7 @@ def recover_expired(engine: Engine, *, now: float) -> list[Republish]:
         for row in rows:
             changed = conn.execute(
                 update(MESSAGES)
-                .where(fenced(row.id, row.attempts))
+                .where(fenced(row.id, row.attempts, row.created_at))
                 .values(
                     status="retrying",
                     lease_until=None,
@@ -127,7 +127,11 @@ def recover_expired(engine: Engine, *, now: float) -> list[Republish]:
                     error=postgres.LOST_ERROR,
                 )
             )
-            recovered.append(Republish(row.id, row.receiver, row.priority, row.envelope))
+            recovered.append(
+                Republish(
+                    row.id, row.receiver, row.priority, row.envelope, created_at=row.created_at
+                )
+            )
     return recovered
 
 
@@ -309,7 +313,9 @@ def due_rows(engine: Engine, receiver: str, *, now: float, limit: int) -> list[R
             .order_by(MESSAGES.c.priority.desc(), MESSAGES.c.created_at, MESSAGES.c.id)
             .limit(limit)
         ).all()
-    return [Republish(r.id, r.receiver, r.priority, r.envelope) for r in rows]
+    return [
+        Republish(r.id, r.receiver, r.priority, r.envelope, created_at=r.created_at) for r in rows
+    ]
 
 
 def _take(engine: Engine, *where: Any, values: dict[str, Any], limit: int) -> list[Republish]:
@@ -325,7 +331,9 @@ def _take(engine: Engine, *where: Any, values: dict[str, Any], limit: int) -> li
 
 
 def _republished(rows: Sequence[Any]) -> list[Republish]:
-    return [Republish(r.id, r.receiver, r.priority, r.envelope, r.due_at) for r in rows]
+    return [
+        Republish(r.id, r.receiver, r.priority, r.envelope, r.due_at, r.created_at) for r in rows
+    ]
 
 
 def _served_by_workers() -> Any:

@@ -50,6 +50,7 @@ POISON: list[tuple[str, Any, str, str]] = [
     ("JSON object, not a triple", '{"a": 1}', "application/json", "utf-8"),
     ("envelope not an object", '[["x"], {}, {}]', "application/json", "utf-8"),
     ("two arguments", "[[{}, {}], {}, {}]", "application/json", "utf-8"),
+    ("created_at not a number", '[[{}], {"created_at": "x"}, {}]', "application/json", "utf-8"),
     ("not JSON at all", "{not json", "application/json", "utf-8"),
     ("raw application/data", b"\x00\x01\xffbinary", "application/data", "binary"),
     ("raw application/text", "hello", "application/text", "utf-8"),

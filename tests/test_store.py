@@ -187,6 +187,24 @@ def test_a_lost_broker_gets_back_only_the_rows_its_inbox_lacks(engine: Engine) -
     assert sorted(r.message_id for r in every) == sorted(ids[:4])
 
 
+def test_a_limited_claim_that_takes_over_an_expired_lease_records_the_lost_attempt(
+    engine: Engine,
+) -> None:
+    # Given a message of an agent with a concurrency limit, claimed by a worker that died
+    storage.register_agents(engine, [("b", "agent.b")], kind="handler", now=time.time())
+    message_id = stored_row(engine)
+    assert storage.claim(engine, message_id, worker="w1", now=time.time() - 60, lease_s=10)
+    # When another worker's limited claim takes it over
+    taken = storage.take_limited(
+        engine, message_id, "b", limit=1, worker="w2", now=time.time(), lease_s=10
+    )
+    # Then it owns the second attempt, and the first is recorded lost, under its receiver
+    assert isinstance(taken, storage.Taken) and taken.claim.attempt == 2
+    [lost] = storage.attempts_of(engine, [message_id])
+    assert (lost.number, lost.outcome, lost.worker) == (1, "lost", "w1")
+    assert storage.agent_totals(engine, [1.0])["b"].attempts == {"lost": 1}
+
+
 DAY = 86400.0
 
 

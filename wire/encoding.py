@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["dump_json", "task_body"]
+__all__ = ["dump_json", "task_body", "task_kwargs"]
 
 # Celery's protocol-2 body is ``[args, kwargs, embed]``; a delivery has no callbacks.
 _EMBED = '{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'
@@ -20,10 +20,16 @@ def dump_json(value: Any) -> str:
     return _ENCODER.encode(value)
 
 
-def task_body(envelope_json: str) -> bytes:
+def task_body(envelope_json: str, created_at: float | None = None) -> bytes:
     """The body of an ``agentpost.deliver`` task around an envelope already encoded.
 
     Built around the JSON the store keeps, so a send encodes its payload once (Celery
-    would encode the whole envelope again into the task's arguments).
+    would encode the whole envelope again into the task's arguments). ``created_at``,
+    the row's, goes in the keyword arguments: the claim reads only its week's partition.
     """
-    return f"[[{envelope_json}],{{}},{_EMBED}]".encode()
+    return f"[[{envelope_json}],{task_kwargs(created_at)},{_EMBED}]".encode()
+
+
+def task_kwargs(created_at: float | None) -> str:
+    """The keyword arguments of an ``agentpost.deliver`` task, as JSON."""
+    return "{}" if created_at is None else f'{{"created_at":{created_at!r}}}'

@@ -20,7 +20,7 @@ from kombu import Queue
 
 import storage
 from wire.brokers import profile_for
-from wire.encoding import dump_json, task_body
+from wire.encoding import dump_json, task_body, task_kwargs
 from wire.queues import DELIVER_TASK, inbox_queue
 
 if TYPE_CHECKING:
@@ -39,12 +39,20 @@ class DeliveryTask:
     envelope: str  # the stored JSON
     argsrepr: str | None = None  # what Flower shows; None: ``summary`` of the envelope
     countdown_s: float = 0.0  # a retry waiting for its time
+    created_at: float | None = None  # the row's: its claim reads its week's partition alone
 
     @classmethod
     def of(cls, row: storage.Republish, *, now: float) -> DeliveryTask:
         """The task of a stored row; a retry due later keeps its remaining countdown."""
         countdown = max(0.0, row.due_at - now) if row.due_at is not None else 0.0
-        return cls(row.message_id, row.receiver, row.priority, row.envelope, countdown_s=countdown)
+        return cls(
+            row.message_id,
+            row.receiver,
+            row.priority,
+            row.envelope,
+            countdown_s=countdown,
+            created_at=row.created_at,
+        )
 
 
 def publish_delivery(
@@ -112,7 +120,7 @@ def _send(
         origin=_origin(os.getpid()),
         create_sent_event=app.conf.task_send_sent_event,
         argsrepr=task.argsrepr or summary(json.loads(task.envelope)),
-        kwargsrepr="{}",
+        kwargsrepr=task_kwargs(task.created_at),
         # None, as send_task by name sends it: the worker applies the task's own
         # ignore_result (False here would store every duplicate's SUCCESS over a FAILURE).
         ignore_result=None,
@@ -120,7 +128,7 @@ def _send(
     app.amqp.send_task_message(
         producer,
         DELIVER_TASK,
-        message._replace(body=task_body(task.envelope)),
+        message._replace(body=task_body(task.envelope, task.created_at)),
         queue=inbox_queue(task.receiver, app.settings),
         priority=profile_for(app.settings.broker).message_priority(task.priority),
         content_type="application/json",

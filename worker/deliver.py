@@ -76,22 +76,23 @@ def worker_identity() -> str:
     return f"{_host()}:{os.getpid()}"
 
 
-def run_delivery(core: Sender, raw: Any) -> DeliveryOutcome:
+def run_delivery(core: Sender, raw: Any, created_at: float | None = None) -> DeliveryOutcome:
     """``deliver_envelope`` with the delivery's log fields and its one log line."""
     with logs.delivery_context(raw):
         started = time.perf_counter()
-        outcome = deliver_envelope(core, raw)
+        outcome = deliver_envelope(core, raw, created_at)
         _log_outcome(outcome, time.perf_counter() - started)
     return outcome
 
 
-def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
+def deliver_envelope(core: Sender, raw: Any, created_at: float | None = None) -> DeliveryOutcome:
     """Claim, run the handler, and record the outcome of one delivery.
 
     The store is the truth and the task a token: the task names a message (its id and
     receiver) and the worker runs the envelope stored for it. A body that disagrees
     with the row (forged, or of a version this worker cannot read) is logged and
-    ignored; one naming no message of this receiver claims nothing.
+    ignored; one naming no message of this receiver claims nothing. ``created_at``,
+    the row's when the task carries it, lets the claim read its week's partition alone.
     """
     settings = core.settings
     now = time.time()
@@ -131,7 +132,7 @@ def deliver_envelope(core: Sender, raw: Any) -> DeliveryOutcome:
     admission = flow.admit(core, spec, chosen, now)
     if admission.hold_s > 0:
         return _hold(core, spec, chosen, admission, now, task_of=message_id)
-    taken = _take(core, spec, chosen, worker, now)
+    taken = _take(core, spec, chosen, worker, now, created_at if by_id else None)
     if isinstance(taken, storage.Busy):
         held = flow.busy(admission, taken.running)
         return _hold(core, spec, chosen, held, now, task_of=message_id)
@@ -223,10 +224,15 @@ class _Gated:
 
 
 def _take(
-    core: Sender, spec: AgentSpec, message_id: str | None, worker: str, now: float
+    core: Sender,
+    spec: AgentSpec,
+    message_id: str | None,
+    worker: str,
+    now: float,
+    created_at: float | None,
 ) -> storage.Taken | storage.Busy | storage.Later | None:
     """The claim: by id, or the receiver's next due message; within its concurrency
-    limit, or on a rate slot when a rate is its only limit."""
+    limit, or on a rate slot when a rate is its only limit (those two by id alone)."""
     engine, lease_s, receiver = core.engine, core.settings.lease_s, spec.name
     rate = spec.rate_per_s
     if rate is not None and spec.max_concurrency is None:
@@ -251,7 +257,15 @@ def _take(
         )
     if message_id is None:
         return storage.claim_next(engine, receiver, worker=worker, now=now, lease_s=lease_s)
-    return storage.take(engine, message_id, receiver, worker=worker, now=now, lease_s=lease_s)
+    return storage.take(
+        engine,
+        message_id,
+        receiver,
+        created_at=created_at,
+        worker=worker,
+        now=now,
+        lease_s=lease_s,
+    )
 
 
 def _hold(

@@ -7,7 +7,8 @@ to the task's strategy, and an exception there other than the few it expects
 too. Bodies of the wrong shape (``[1, 2]``) do that, and so do the raw content types
 kombu lets through whatever ``accept_content`` says (``application/data``,
 ``application/text``: celery/celery#7975, #4308). So each message is checked here
-first: JSON, the ``[args, kwargs, embed]`` triple, one envelope object. One that fails
+first: JSON, the ``[args, kwargs, embed]`` triple, one envelope object (and the row's
+``created_at``, a number, by name). One that fails
 is moved to the dead-letter queue with the reason ``undecodable`` (or, when even that
 publish fails, dropped with one error line naming its queue and headers) and acked; the
 worker goes on with the next.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from celery.worker.strategy import default
@@ -46,12 +48,19 @@ def undecodable(message: Any) -> str | None:
         return "the task's args are not a list or its kwargs not an object"
     if embed is not None and not isinstance(embed, dict):
         return "the task's embed is not an object"
-    envelopes = [*args, *kwargs.values()]
-    if len(envelopes) != 1 or (kwargs and list(kwargs) != ["envelope"]):
-        return "agentpost.deliver takes one argument, the envelope"
+    envelopes = [*args, *([kwargs["envelope"]] if "envelope" in kwargs else [])]
+    if len(envelopes) != 1 or set(kwargs) - {"envelope", "created_at"}:
+        return "agentpost.deliver takes the envelope and, by name, the row's created_at"
     if not isinstance(envelopes[0], dict):
         return "the envelope is not a JSON object"
+    created_at = kwargs.get("created_at")
+    if created_at is not None and not _finite(created_at):
+        return "the task's created_at is not a number of seconds"
     return None
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def guarded(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:

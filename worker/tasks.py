@@ -68,9 +68,12 @@ class _Retrying(Exception):
     retry_backoff_max=60,
     retry_jitter=True,
 )
-def deliver(self: DeliverTask, envelope: Any) -> dict[str, Any]:
-    """Deliver one envelope; a retry is Celery's, a dead letter ends in FAILURE."""
-    outcome = run_delivery(self.core, envelope)
+def deliver(self: DeliverTask, envelope: Any, created_at: float | None = None) -> dict[str, Any]:
+    """Deliver one envelope; a retry is Celery's, a dead letter ends in FAILURE.
+
+    ``created_at``: the row's, which tasks published since migration 0014 carry.
+    """
+    outcome = run_delivery(self.core, envelope, created_at)
     if outcome.kind == "retry":
         raise self.retry(  # type: ignore[call-arg]  # celery-types omits **options
             countdown=outcome.countdown_s,
