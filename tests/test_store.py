@@ -15,7 +15,10 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
 import storage
+from messaging import Settings
 from tests.conftest import AGENTPOST, ROOT, new_row, stored_row
+from wire import create_app
+from worker import sweep
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -389,3 +392,17 @@ def test_the_partitions_of_the_weeks_ahead_are_made_once(pg_engine: Engine) -> N
     assert storage.ensure_partitions(engine, far, far + storage.AHEAD_S) == 6
     assert storage.ensure_partitions(engine, far, far + storage.AHEAD_S) == 0
     assert _week(far) in _partitions(engine)
+
+
+def test_a_sweep_makes_the_partitions_of_the_weeks_ahead(pg_engine: Engine, tmp_path: Path) -> None:
+    # Given a PostgreSQL store whose partitions for the week two weeks ahead are gone
+    ahead = time.time() + storage.AHEAD_S
+    attempts = _week(ahead).replace("messages", "attempts")
+    with pg_engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {_week(ahead)}, {attempts}"))
+    assert _week(ahead) not in _partitions(pg_engine)
+    # When a sweep runs (on the embedded broker)
+    url = pg_engine.url.render_as_string(hide_password=False)
+    sweep(create_app(Settings(database_url=url, home=tmp_path / "home")))
+    # Then that week has its partitions again
+    assert _week(ahead) in _partitions(pg_engine)
