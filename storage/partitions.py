@@ -11,7 +11,6 @@ SQLite keeps plain tables: every function here does nothing there.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +33,6 @@ __all__ = [
 
 WEEK_S = 7 * 86400.0
 AHEAD_S = 2 * WEEK_S
-_MONDAY_S = 4 * 86400.0  # 1970-01-05, the first Monday after the epoch
 _NAME = re.compile(r"_p(\d{8})$")
 # A week's key rows deleted per statement before its drop: bounded transactions.
 _KEY_BATCH = 10_000
@@ -98,11 +96,6 @@ def weeks(conn: Connection) -> list[Week]:
     return sorted(found, key=lambda week: week.start)
 
 
-def week_of(at: float) -> float:
-    """The start of the week ``at`` falls in."""
-    return math.floor((at - _MONDAY_S) / WEEK_S) * WEEK_S + _MONDAY_S
-
-
 def _kept(week: Week) -> str:
     # A row of the week that retention must keep: on its way, or finished inside its
     # status's window (a NULL window keeps that status for ever). Each test reads one
@@ -148,7 +141,10 @@ def drop_week(
     try:
         with engine.begin() as conn:
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
-            tables = f"{week.messages}, {week.attempts}"
+            # The parents, in the order the delivery path takes them (its UPDATE, then
+            # its attempt's INSERT): the DROPs need them, and a partition locked first
+            # could deadlock with a delivery that holds its parent.
+            tables = f"{MESSAGES.name}, {ATTEMPTS.name}"
             conn.exec_driver_sql(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE")
             if conn.execute(kept, windows).first() is None:
                 conn.exec_driver_sql(f"DROP TABLE {week.attempts}")
