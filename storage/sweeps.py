@@ -170,14 +170,28 @@ def marked_at(
     tasks that did go out before it died make a second copy at the most, never a third.
     """
     marked = or_(MESSAGES.c.handed_at == at, MESSAGES.c.spare_at == at)
-    return _hand_missing(
+    # A sweep publishes its rows in order of due time, so one that died midway published
+    # the first ones: the last ones are taken (a prefix picked would repeat the tasks it
+    # sent and leave the rest with none).
+    picked = _hand_missing(
         engine,
         counted_at,
         in_broker,
         [marked],
-        order_by=[MESSAGES.c.due_at],
+        order_by=[MESSAGES.c.due_at.desc()],
         values={"handed_at": now, "spare_at": now},
     )
+    # The marked rows left are taken to have their tasks (the inbox counts them). Their
+    # spare, which the dead sweep used, goes back: a count can be fooled by another
+    # row's second copy, and a row whose task is missing after all then still gets its
+    # one spare copy (step 4 of the sweep) instead of waiting for ever.
+    with engine.begin() as conn:
+        conn.execute(
+            update(MESSAGES)
+            .where(waiting(), MESSAGES.c.spare_at == at, MESSAGES.c.handed_at == at)
+            .values(spare_at=None)
+        )
+    return picked
 
 
 def overdue(

@@ -131,6 +131,20 @@ def test_copies_a_sweep_published_before_its_store_went_down_go_out_only_once(
     assert delivered_once(backend, client, ids)
 
 
+def test_copies_a_sweep_died_midway_through_publishing_go_out_for_the_rest(
+    backend: Backend, start_worker: Callable[..., Worker]
+) -> None:
+    # Given 10 messages whose tasks were lost, and a sweep that marked their spare
+    # copies and died after publishing the first 4 (it publishes in order of due time)
+    app, client, ids, spared = marked_by_an_unfinished_sweep(backend, start_worker)
+    spared.sort(key=lambda row: ids.index(row.message_id))
+    publish_deliveries(app, [DeliveryTask.of(row, now=time.time()) for row in spared[:4]])
+    # Then the next sweep publishes the other 6, not the first ones again
+    assert sweep_twice(app, "echo") == (10, 10)
+    start_worker("--agents", "echo")
+    assert delivered_once(backend, client, ids)
+
+
 def test_a_broker_that_lost_its_contents_gets_them_back_at_the_next_sweep(
     backend: Backend, start_worker: Callable[..., Worker]
 ) -> None:
