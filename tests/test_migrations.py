@@ -19,7 +19,7 @@ from sqlmodel import SQLModel
 import storage
 from messaging import Client, SchemaOutdated, Settings
 from storage.migrate import VERSION_TABLE, include_name
-from tests.conftest import AGENTPOST, ROOT
+from tests.conftest import AGENTPOST, ROOT, new_row
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -115,7 +115,7 @@ def test_a_store_behind_is_refused_with_the_command_that_fixes_it(
     assert "up to date" in current.stdout
 
 
-def test_a_store_with_messages_upgrades_in_place_to_flow_control_and_retention(
+def test_a_store_with_messages_upgrades_in_place_to_partitions_flow_control_and_retention(
     database_url: str,
 ) -> None:
     # Given a store at 0008 (before flow control, retention and the partial indexes)
@@ -167,6 +167,14 @@ def test_a_store_with_messages_upgrades_in_place_to_flow_control_and_retention(
         engine, waiting, "b", limit=1, worker="w", now=time.time(), lease_s=10
     )
     assert isinstance(taken, storage.Taken) and taken.claim.attempt == 1
+    # and each key still answers with its first message (0014 moved the keys to a table
+    # of their own; on PostgreSQL the rows to the partition of their week, 1969-12-29)
+    [again] = storage.insert_messages(engine, [new_row(waiting)])
+    assert again.duplicate and again.message_id == waiting
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            moved = conn.execute(text("SELECT count(*) FROM agentpost_messages_p19691229"))
+            assert moved.scalar_one() == 3
     pruned = storage.prune(engine, delivered_before=2.0, dead_before=None, limit=10)
     assert pruned == storage.Pruned(1, 1)
     assert storage.get_message(engine, waiting) is not None
