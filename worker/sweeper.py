@@ -6,7 +6,8 @@ Every sweep, in this order:
    their tasks; if the last sweep never finished (``storage/journal.py``), the rows it
    marked are published again now, a sweep interval later, not left looking handed:
    as many as the inboxes, counted now, lack (it may have died after its publish, its
-   store gone before it could record its end);
+   store gone before it could record its end), the last marked first (it published in
+   order of due time); the ones left get their spare back;
 1. broker loss: the broker no longer holds the epoch token the store remembers
    (Redis restarted empty or flushed, the embedded broker's folders wiped), or a
    RabbitMQ inbox was deleted: the waiting messages whose tasks went with it are
