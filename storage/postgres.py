@@ -66,8 +66,10 @@ WITH c AS (
 )
 SELECT attempts, redrives, recovered_from, envelope, expires_at, created_at FROM c
 """
+# The row's week, when the caller knows its created_at: PostgreSQL reads that partition alone.
+_IN_WEEK = " AND created_at = :created_at"
 _CLAIM = text(_CLAIM_SQL.format(week=""))
-_CLAIM_IN_WEEK = text(_CLAIM_SQL.format(week=" AND created_at = :created_at"))
+_CLAIM_IN_WEEK = text(_CLAIM_SQL.format(week=_IN_WEEK))
 
 
 # A batch as one JSON array of rows: a statement whose text never changes (psycopg
@@ -228,7 +230,7 @@ def _finish_statement(
     assignments = ", ".join(f"{column} = :v_{column}" for column in value_columns)
     columns = ", ".join(attempt_columns)
     placeholders = ", ".join(f":a_{column}" for column in attempt_columns)
-    week = " AND created_at = :created_at" if in_week else ""
+    week = _IN_WEEK if in_week else ""
     return text(f"""
 WITH m AS (
     UPDATE {_M} SET {assignments}

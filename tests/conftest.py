@@ -145,6 +145,15 @@ def pg_database() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture
+def pg_engine(pg_database: str) -> Iterator[Engine]:
+    """An engine on a fresh PostgreSQL database with the store's schema."""
+    engine = storage.engine_for(pg_database)
+    storage.create_schema(engine)
+    yield engine
+    storage.dispose_engines()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """The world of one test on one backend, with every worker stopped at the end."""

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine, text
 
 import storage
 from tests.conftest import stored_row, wait_for
-
-
-@pytest.fixture
-def pg(pg_database: str) -> Iterator[Engine]:
-    engine = storage.engine_for(pg_database)
-    storage.create_schema(engine)
-    yield engine
-    storage.dispose_engines()
 
 
 def _listening(watch: storage.Watch) -> None:
@@ -26,17 +16,19 @@ def _listening(watch: storage.Watch) -> None:
     watch.wait(0.2)  # the wake-up every watch gets when the listener connects
 
 
-def test_a_watch_wakes_when_its_message_finishes_and_only_after_the_commit(pg: Engine) -> None:
-    message_id, other = stored_row(pg), stored_row(pg)
-    claim = storage.claim(pg, message_id, worker="w", now=time.time(), lease_s=30)
+def test_a_watch_wakes_when_its_message_finishes_and_only_after_the_commit(
+    pg_engine: Engine,
+) -> None:
+    message_id, other = stored_row(pg_engine), stored_row(pg_engine)
+    claim = storage.claim(pg_engine, message_id, worker="w", now=time.time(), lease_s=30)
     assert claim is not None
-    with storage.watch_finished(pg, message_id) as watch:
+    with storage.watch_finished(pg_engine, message_id) as watch:
         _listening(watch)
         # Another message finishing does not wake it
-        storage.mark_dead(pg, other, reason="invalid", error="x", now=time.time())
+        storage.mark_dead(pg_engine, other, reason="invalid", error="x", now=time.time())
         assert watch.wait(0.5) is False
         # Its own completion, inside a transaction: nothing until the commit
-        with pg.connect() as conn:
+        with pg_engine.connect() as conn:
             completed = storage.complete(
                 conn,
                 message_id,
@@ -52,20 +44,20 @@ def test_a_watch_wakes_when_its_message_finishes_and_only_after_the_commit(pg: E
         assert watch.wait(30) is True
 
 
-def test_a_dead_letter_wakes_its_watch(pg: Engine) -> None:
-    message_id = stored_row(pg)
-    with storage.watch_finished(pg, message_id) as watch:
+def test_a_dead_letter_wakes_its_watch(pg_engine: Engine) -> None:
+    message_id = stored_row(pg_engine)
+    with storage.watch_finished(pg_engine, message_id) as watch:
         _listening(watch)
-        storage.mark_dead(pg, message_id, reason="invalid", error="x", now=time.time())
+        storage.mark_dead(pg_engine, message_id, reason="invalid", error="x", now=time.time())
         assert watch.wait(30) is True
 
 
-def test_a_lost_listening_connection_wakes_every_watch_and_listens_again(pg: Engine) -> None:
-    message_id = stored_row(pg)
-    with storage.watch_finished(pg, message_id) as watch:
+def test_a_lost_listening_connection_wakes_every_watch_and_listens_again(pg_engine: Engine) -> None:
+    message_id = stored_row(pg_engine)
+    with storage.watch_finished(pg_engine, message_id) as watch:
         _listening(watch)
         # When the server ends the listener's session (a restart, a network drop)
-        with pg.connect() as conn:
+        with pg_engine.connect() as conn:
             ended = conn.execute(
                 text(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -77,7 +69,7 @@ def test_a_lost_listening_connection_wakes_every_watch_and_listens_again(pg: Eng
         assert watch.wait(30) is True
         # And once listening again, a finish still wakes it
         _listening(watch)
-        storage.mark_dead(pg, message_id, reason="invalid", error="x", now=time.time())
+        storage.mark_dead(pg_engine, message_id, reason="invalid", error="x", now=time.time())
         assert watch.wait(30) is True
 
 

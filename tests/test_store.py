@@ -299,14 +299,6 @@ def test_db_prune_deletes_what_an_operator_names(engine: Engine, tmp_path: Path)
     assert storage.get_message(engine, recent) is not None
 
 
-@pytest.fixture
-def pg_engine(pg_database: str) -> Iterator[Engine]:
-    engine = storage.engine_for(pg_database)
-    storage.create_schema(engine)
-    yield engine
-    storage.dispose_engines()
-
-
 def _partitions(engine: Engine) -> set[str]:
     with engine.connect() as conn:
         return set(
